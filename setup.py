@@ -1,0 +1,38 @@
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_requirements(name):
+    with open(os.path.join(HERE, name)) as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
+
+with open(os.path.join(HERE, "stilts", "__init__.py")) as f:
+    version = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+setup(
+    name="stilts",
+    version=version,
+    description="Supplementary Training on Intermediate Labeled-data Tasks (STILTs) for BERT-family encoders",
+    license="Apache-2.0",
+    packages=find_packages(include=["stilts", "stilts.*"]),
+    python_requires=">=3.9",
+    install_requires=read_requirements("requirements.txt"),
+    extras_require={
+        "dev": read_requirements("requirements-dev.txt"),
+        "plot": ["matplotlib"],
+        "bench": ["accelerate"],  # transformers' Trainer, used as the benchmark's reference
+    },
+    entry_points={
+        "console_scripts": [
+            "stilts-train=stilts.cli.train:main",
+            "stilts-evaluate=stilts.cli.evaluate:main",
+            "stilts-format-for-glue=stilts.cli.format_for_glue:main",
+            "stilts-run=stilts.pipeline:main",
+        ]
+    },
+)

@@ -1,0 +1,159 @@
+"""The seed's checkpoint load and save modes.
+
+Load modes (`--bert_load_mode`), as in zphang/bert_on_stilts:
+  from_pretrained   encoder weights of `--bert_model`, new head
+  model_only        encoder from a plain state dict file, head dropped
+  state_model_only  encoder from an all_state.p's "model", head dropped (STILTs stage B:
+                    MNLI's 3-way head never leaks into RTE)
+  full_model_only   whole model (head kept) from a plain state dict file
+  state_full_model  whole model (head kept) from an all_state.p
+  state_all         whole model + optimizer + schedule + training position: resume
+  state_adapter     base BERT weights (`--bert_base_path`, or the seed's
+                    `--bert_load_args bert_model_path:FILE`) + the adapter checkpoint
+With a base file, any mode first loads the base encoder and then the checkpoint on top, so
+checkpoints that hold only the trained parameters (save modes `tunable`, `model_tunable`) load.
+
+Save modes (`--bert_save_mode`): `all` and `tunable` store model + optimizer (+ scheduler, grad
+scaler and training position for resuming; the seed's save_bert forgot the optimizer); the
+`model_*` modes store the model alone; `*_tunable` keep only parameters with requires_grad.
+A checkpoint is `{"args", "model", ["optimizer", "scheduler", "scaler", "train_state"]}`.
+"""
+import re
+
+import torch
+
+from stilts.errors import StiltsError
+from stilts.io import load_checkpoint
+from stilts.modeling import read_weights, to_cpu_state, unwrap
+
+LOAD_MODES = ("from_pretrained", "model_only", "state_model_only", "full_model_only",
+              "state_full_model", "state_all", "state_adapter")
+SAVE_MODES = ("all", "tunable", "model_all", "model_tunable")
+HEAD_KEEPING_MODES = ("full_model_only", "state_full_model", "state_all", "state_adapter")
+STATE_FILE_MODES = ("state_model_only", "state_full_model", "state_all", "state_adapter")
+IGNORED_KEYS = re.compile(r"(^|\.)(position_ids|token_type_ids)$")  # buffers some versions saved
+
+
+def check_modes(load_mode, save_mode):
+    if load_mode not in LOAD_MODES:
+        raise StiltsError(f"unknown --bert_load_mode {load_mode!r}; choose from: {', '.join(LOAD_MODES)}")
+    if save_mode not in SAVE_MODES:
+        raise StiltsError(f"unknown --bert_save_mode {save_mode!r}; choose from: {', '.join(SAVE_MODES)}")
+
+
+def base_path_from_args(bert_base_path, bert_load_args):
+    """`--bert_base_path FILE`, or the seed's `--bert_load_args bert_model_path:FILE`."""
+    if bert_base_path:
+        return bert_base_path
+    if bert_load_args:
+        prefix = "bert_model_path:"
+        if not bert_load_args.startswith(prefix):
+            raise StiltsError(f"--bert_load_args {bert_load_args!r}: expected the form bert_model_path:FILE")
+        return bert_load_args[len(prefix):]
+    return None
+
+
+def normalize_keys(state_dict):
+    """Today's key names for a state dict from the seed (pytorch-pretrained-BERT) or a DDP run."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if not IGNORED_KEYS.search(key):
+            out[key] = value
+    return out
+
+
+def encoder_part(state_dict):
+    """The `bert.`-prefixed encoder weights of a state dict; a bare BertModel's keys get the prefix."""
+    if any(k.startswith("bert.") for k in state_dict):
+        return {k: v for k, v in state_dict.items() if k.startswith("bert.")}
+    return {"bert." + k: v for k, v in state_dict.items() if not k.startswith("cls.")}
+
+
+def load_into(model, state_dict, source, keep_head, partial=False):
+    """Copy `state_dict` into `model`, refusing anything that does not fit.
+
+    keep_head: the checkpoint's head must fit the task; else the head is left as initialised.
+    partial: the state dict may cover only part of the model (a base was loaded first).
+    Keys of adapters may always be missing: plain BERT weights into an adapter model.
+    """
+    model = unwrap(model)
+    state_dict = normalize_keys(state_dict)
+    if not keep_head:
+        state_dict = encoder_part(state_dict)
+    expected = model.state_dict()
+    unexpected = [k for k in state_dict if k not in expected]
+    if unexpected:
+        other_head = [k for k in unexpected if k.split(".")[0] in ("classifier", "regressor")]
+        if other_head:
+            raise StiltsError(f"{source}: its head {other_head[0]!r} does not fit this task's model "
+                              f"(a {model.head_name}); use --bert_load_mode state_model_only or model_only "
+                              f"to start a new head")
+        raise StiltsError(f"{source}: does not fit the model: unexpected keys {unexpected[:3]} "
+                          f"(a checkpoint of another architecture?)")
+    for key, value in state_dict.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            what = "head" if not key.startswith("bert.") else "weights"
+            hint = (" use --bert_load_mode state_model_only or model_only to start a new head"
+                    if what == "head" else " (another model size? check --bert_model / --bert_config_json_path)")
+            raise StiltsError(f"{source}: {what} {key!r} has shape {list(value.shape)} but the model "
+                              f"needs {list(expected[key].shape)};{hint}")
+    if not partial:
+        needed = [k for k in expected if keep_head or k.startswith("bert.")]
+        missing = [k for k in needed if k not in state_dict and ".adapter." not in k]
+        if missing:
+            raise StiltsError(f"{source}: does not fit the model: missing {len(missing)} keys, "
+                              f"e.g. {missing[:3]} (a checkpoint of another model, or saved with a "
+                              f"*_tunable mode and needing --bert_base_path?)")
+    with torch.no_grad():
+        for key, value in state_dict.items():
+            expected[key].copy_(value)
+
+
+def load_weights(model, load_mode, load_path=None, base_path=None, pretrained_state=None):
+    """Fill `model` for a load mode; returns the checkpoint dict (state_all needs the rest of it)."""
+    partial = False
+    if base_path:
+        load_into(model, read_weights(base_path), base_path, keep_head=False)
+        partial = True
+    elif load_mode == "state_adapter":
+        raise StiltsError("--bert_load_mode state_adapter needs the base BERT weights: "
+                          "--bert_base_path FILE (or --bert_load_args bert_model_path:FILE)")
+    if load_mode == "from_pretrained":
+        if not partial:
+            load_into(model, pretrained_state, "pretrained weights", keep_head=False)
+        return None
+    if not load_path:
+        raise StiltsError(f"--bert_load_mode {load_mode} needs --bert_load_path")
+    checkpoint = load_checkpoint(load_path)
+    is_all_state = isinstance(checkpoint, dict) and "model" in checkpoint and isinstance(checkpoint["model"], dict)
+    if load_mode in STATE_FILE_MODES and not is_all_state:
+        raise StiltsError(f"{load_path}: not an all_state.p checkpoint (no 'model' entry); "
+                          f"for a plain state dict use --bert_load_mode model_only or full_model_only")
+    if load_mode not in STATE_FILE_MODES and is_all_state:
+        raise StiltsError(f"{load_path}: this is an all_state.p checkpoint; "
+                          f"use --bert_load_mode state_model_only or state_full_model")
+    state = checkpoint["model"] if is_all_state else checkpoint
+    load_into(model, state, load_path, keep_head=load_mode in HEAD_KEEPING_MODES, partial=partial)
+    return checkpoint if is_all_state else None
+
+
+def make_checkpoint(model, save_mode, args, optimizer=None, scheduler=None, scaler=None, train_state=None):
+    """The dict written to all_state.p (see the module docstring for its entries)."""
+    model = unwrap(model)
+    state = model.state_dict()
+    if save_mode in ("tunable", "model_tunable"):
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in trainable}
+    checkpoint = {"args": args, "model": to_cpu_state(state)}
+    if save_mode in ("all", "tunable") and optimizer is not None:
+        checkpoint["optimizer"] = optimizer.state_dict()
+        if scheduler is not None:
+            checkpoint["scheduler"] = scheduler.state_dict()
+        if scaler is not None and scaler.is_enabled():
+            checkpoint["scaler"] = scaler.state_dict()
+        if train_state is not None:
+            checkpoint["train_state"] = train_state
+    return checkpoint

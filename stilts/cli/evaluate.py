@@ -1,0 +1,44 @@
+"""Dev metrics of a saved predictions file (the seed's glue/evaluate.py flags).
+
+`--pred-file-path` is a run's `val_preds.csv` (comma- or tab-separated logits). For mnli, a
+`mm_val_preds.csv` next to it is scored too, with `mm-` keys, so the output equals the
+"metrics" of the trainer's val_metrics.json. `--task-name mnli-mm` scores the mismatched half alone.
+"""
+import argparse
+import json
+import os
+
+from stilts import submission
+from stilts.cli import report_errors
+from stilts.errors import StiltsError
+from stilts.io import write_json
+from stilts.tasks import get_task
+
+
+@report_errors
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Compute GLUE dev metrics from a predictions file.")
+    parser.add_argument("--task-name", required=True)
+    parser.add_argument("--pred-file-path", required=True, help="logits, one row per dev example (val_preds.csv)")
+    parser.add_argument("--task-data-dir", default=None, help="the task's GLUE folder (default: $GLUE_DIR/<folder>)")
+    parser.add_argument("--mnli-mm-data-dir", default=None,
+                        help="mnli: the folder holding dev_mismatched.tsv (default: --task-data-dir)")
+    parser.add_argument("--output-path", default=None, help="write the metrics here as JSON")
+    parser.add_argument("--no-print", action="store_true")
+    args = parser.parse_args(argv)
+
+    task = get_task(args.task_name)
+    data_dir = args.task_data_dir
+    if data_dir is None:
+        if not os.environ.get("GLUE_DIR"):
+            raise StiltsError(f"no data folder: pass --task-data-dir or set GLUE_DIR (the folder holding {task.folder}/)")
+        data_dir = os.path.join(os.environ["GLUE_DIR"], task.folder)
+    metrics = submission.evaluate_predictions(task.name, args.pred_file_path, data_dir, args.mnli_mm_data_dir)
+    if not args.no_print:
+        print(json.dumps(metrics, indent=2))
+    if args.output_path is not None:
+        write_json(args.output_path, metrics)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""`glue/train.py`: fine-tune, evaluate and predict one GLUE task, with the seed's flags and outputs.
+
+Flow: check every input up front (task, modes, data files, output folder, checkpoint) so a run
+never dies hours in on a typo; then model -> features -> train -> save -> dev -> test.
+"""
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+from stilts import distributed
+from stilts.checkpoints import base_path_from_args, check_modes, load_weights
+from stilts.cli import report_errors
+from stilts.errors import StiltsError
+from stilts.features import default_cache_dir, load_features, load_tokenizer
+from stilts.io import write_json, write_logits_csv
+from stilts.modeling import ModelSource, build_model, print_trainable_params
+from stilts.tasks import get_task, resolve_data_dir
+from stilts.trainer import TrainConfig, Trainer
+
+logger = logging.getLogger("stilts")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # The seed's flags (zphang/bert_on_stilts glue/train.py), same names and defaults.
+    p.add_argument("--data_dir", default=None, help="task folder; default $GLUE_DIR/<official folder name>")
+    p.add_argument("--bert_model", required=True,
+                   help="bert-base-uncased / bert-large-uncased (config+vocab from $BERT_ALL_DIR), "
+                        "a local transformers model folder, or a Hugging Face hub id")
+    p.add_argument("--task_name", required=True, help="cola sst mrpc stsb qqp mnli qnli rte wnli snli ax")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--bert_load_path", default=None)
+    p.add_argument("--bert_load_mode", default="from_pretrained",
+                   help="from_pretrained, model_only, state_model_only, full_model_only, state_full_model, "
+                        "state_all (resume), state_adapter")
+    p.add_argument("--bert_load_args", default=None, help="the seed's form bert_model_path:FILE (state_adapter)")
+    p.add_argument("--bert_config_json_path", default=None)
+    p.add_argument("--bert_vocab_path", default=None)
+    p.add_argument("--bert_save_mode", default="all", help="all, tunable, model_all, model_tunable")
+    p.add_argument("--max_seq_length", default=128, type=int)
+    p.add_argument("--do_save", action="store_true")
+    p.add_argument("--do_train", action="store_true")
+    p.add_argument("--do_val", action="store_true")
+    p.add_argument("--do_test", action="store_true")
+    p.add_argument("--do_val_history", action="store_true", help="dev metrics after each epoch")
+    p.add_argument("--train_examples_number", type=int, default=None, help="train on a random subsample")
+    p.add_argument("--train_save_every", type=int, default=None, help="checkpoint every N optimizer steps")
+    p.add_argument("--do_lower_case", action="store_true")
+    p.add_argument("--train_batch_size", default=32, type=int, help="examples per optimizer step (all processes)")
+    p.add_argument("--eval_batch_size", default=32, type=int)
+    p.add_argument("--learning_rate", default=5e-5, type=float)
+    p.add_argument("--num_train_epochs", default=3.0, type=float)
+    p.add_argument("--warmup_proportion", default=0.1, type=float)
+    p.add_argument("--no_cuda", action="store_true")
+    p.add_argument("--local_rank", type=int, default=-1, help="set by older launchers; torchrun uses LOCAL_RANK")
+    p.add_argument("--seed", type=int, default=-1, help="-1: draw one at random (recorded in args.json)")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    p.add_argument("--fp16", action="store_true", help="float16 autocast with a gradient scaler")
+    p.add_argument("--loss_scale", type=float, default=0, help="fp16: 0 = dynamic scaling, > 0 = this fixed scale")
+    p.add_argument("--print-trainable-params", action="store_true")
+    p.add_argument("--not-verbose", action="store_true")
+    p.add_argument("--force-overwrite", action="store_true", help="write into a non-empty --output_dir")
+    # Beyond the seed.
+    p.add_argument("--bert_base_path", default=None, help="base BERT weights under a *_tunable/adapter checkpoint")
+    p.add_argument("--mnli_mm_data_dir", default=None,
+                   help="folder with MNLI dev_mismatched.tsv / test_mismatched.tsv (default: the MNLI folder)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU with AVX512-BF16/AMX, Ampere+ GPUs)")
+    p.add_argument("--torch_compile", action="store_true")
+    p.add_argument("--pad_to_max_length", action="store_true",
+                   help="the seed's fixed padding to --max_seq_length, random batches (slower; for comparison)")
+    p.add_argument("--no_group_by_length", action="store_true", help="plain random batches instead of length-grouped")
+    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--max_grad_norm", type=float, default=1.0, help="global gradient-norm clip; 0 disables")
+    p.add_argument("--features_cache_dir", default=None,
+                   help="tokenized-features cache (default $STILTS_CACHE_DIR or ~/.cache/stilts)")
+    p.add_argument("--no_features_cache", action="store_true")
+    return p
+
+
+def check_args(args):
+    """Every check that needs no model: fail before anything is written or computed."""
+    task = get_task(args.task_name)
+    check_modes(args.bert_load_mode, args.bert_save_mode)
+    if not (args.do_train or args.do_val or args.do_test):
+        raise StiltsError("nothing to do: pass at least one of --do_train, --do_val, --do_test")
+    if args.gradient_accumulation_steps < 1:
+        raise StiltsError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
+    if args.train_batch_size < 1 or args.eval_batch_size < 1:
+        raise StiltsError("--train_batch_size and --eval_batch_size must be >= 1")
+    if args.fp16 and args.bf16:
+        raise StiltsError("choose one of --fp16 and --bf16")
+    if args.bert_load_mode != "from_pretrained" and not args.bert_load_path and args.bert_load_mode != "state_adapter":
+        raise StiltsError(f"--bert_load_mode {args.bert_load_mode} needs --bert_load_path")
+    for flag in ("bert_load_path", "bert_config_json_path", "bert_vocab_path", "bert_base_path"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise StiltsError(f"{path}: file not found (--{flag})")
+    base = base_path_from_args(args.bert_base_path, args.bert_load_args)
+    if base and not os.path.isfile(base):
+        raise StiltsError(f"{base}: base BERT weights file not found")
+
+    data_dir = resolve_data_dir(task, args.data_dir)
+    needed = []
+    if args.do_train:
+        needed.append((task, "train", data_dir, "--do_train"))
+    if args.do_val or args.do_val_history:
+        needed.append((task, "dev", data_dir, "--do_val"))
+    if args.do_test:
+        needed.append((task, "test", data_dir, "--do_test"))
+    mm_task, mm_dir = None, None
+    if task.name == "mnli":
+        mm_task, mm_dir = get_task("mnli-mm"), args.mnli_mm_data_dir or data_dir
+        needed += [(mm_task, split, mm_dir, flag) for t, split, _, flag in needed if split != "train"]
+    for t, split, folder, flag in needed:
+        path = t.path(split, folder)
+        if not os.path.isfile(path):
+            hint = " or --mnli_mm_data_dir" if t.name == "mnli-mm" else ""
+            raise StiltsError(f"{path}: file not found (needed by {flag} for {t.name}); "
+                              f"point --data_dir{hint} to a folder holding {os.path.basename(path)}")
+    if os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.force_overwrite:
+        raise StiltsError(f"{args.output_dir}: output folder exists and is not empty "
+                          f"(pass --force-overwrite to write into it)")
+    return task, data_dir, mm_task, mm_dir
+
+
+def set_seed(args, ctx):
+    seed = args.seed if args.seed != -1 else int(np.random.randint(0, 2 ** 31 - 1))
+    seed = distributed.broadcast_object(ctx, seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    args.seed = seed
+
+
+def train_config(args):
+    return TrainConfig(
+        train_batch_size=args.train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_proportion=args.warmup_proportion,
+        num_train_epochs=args.num_train_epochs,
+        max_grad_norm=args.max_grad_norm,
+        seed=args.seed,
+        group_by_length=not (args.no_group_by_length or args.pad_to_max_length),
+        pad_to_max_length=args.pad_to_max_length,
+        max_seq_length=args.max_seq_length,
+        precision="fp16" if args.fp16 else "bf16" if args.bf16 else "fp32",
+        loss_scale=args.loss_scale,
+        torch_compile=args.torch_compile,
+        save_every=args.train_save_every or 0,
+        save_mode=args.bert_save_mode,
+        verbose=not args.not_verbose,
+    )
+
+
+@report_errors
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
+                        level=logging.WARNING if args.not_verbose else logging.INFO)
+    if args.local_rank >= 0 and "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    task, data_dir, mm_task, mm_dir = check_args(args)
+    ctx = distributed.init_distributed(no_cuda=args.no_cuda, local_rank=args.local_rank)
+    try:
+        run(args, ctx, task, data_dir, mm_task, mm_dir)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def run(args, ctx, task, data_dir, mm_task, mm_dir):
+    set_seed(args, ctx)
+    source = ModelSource(args.bert_model, args.bert_config_json_path, args.bert_vocab_path)
+    tokenizer = load_tokenizer(source.vocab(), args.do_lower_case)
+    model = build_model(source.config(), task)
+    pretrained = source.pretrained_encoder_state() if args.bert_load_mode == "from_pretrained" else None
+    checkpoint = load_weights(model, args.bert_load_mode, args.bert_load_path,
+                              base_path_from_args(args.bert_base_path, args.bert_load_args), pretrained)
+    if args.print_trainable_params:
+        print_trainable_params(model)
+    if args.not_verbose:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+    else:
+        for key, value in vars(args).items():
+            print(f"  {key}: {value}")
+
+    if ctx.is_main:
+        os.makedirs(args.output_dir, exist_ok=True)
+        write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+    cache_dir = None if args.no_features_cache else (args.features_cache_dir or default_cache_dir())
+
+    def features(t, split, folder):
+        return load_features(t, split, folder, tokenizer, args.max_seq_length, cache_dir)
+
+    trainer = Trainer(model, task, train_config(args), ctx, args.output_dir, vars(args))
+    out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
+
+    if args.do_train:
+        train_features = features(task, "train", data_dir)
+        if args.train_examples_number is not None:
+            if not 0 < args.train_examples_number <= len(train_features):
+                raise StiltsError(f"--train_examples_number {args.train_examples_number}: the train set has "
+                                  f"{len(train_features)} examples")
+            picked = np.random.default_rng(args.seed).choice(len(train_features), args.train_examples_number,
+                                                             replace=False)
+            train_features = train_features.subset(np.sort(picked))
+        val_features = features(task, "dev", data_dir) if args.do_val_history else None
+        resume = checkpoint if args.bert_load_mode == "state_all" else None
+        history = trainer.train(train_features, val_features, resume=resume)
+        if args.do_val_history and ctx.is_main:
+            write_json(out("val_metrics_history.json"), history)
+
+    if args.do_save:
+        trainer.save(out("all_state.p"), args.bert_save_mode)
+
+    if args.do_val:
+        result = trainer.validate(features(task, "dev", data_dir))
+        metrics = dict(result["metrics"])
+        if ctx.is_main:
+            write_logits_csv(out("val_preds.csv"), result["logits"])
+        if mm_task is not None:
+            mm_result = trainer.validate(features(mm_task, "dev", mm_dir), task=mm_task)
+            metrics.update({"mm-" + k: v for k, v in mm_result["metrics"].items()})
+            if ctx.is_main:
+                write_logits_csv(out("mm_val_preds.csv"), mm_result["logits"])
+        report = {"loss": result["loss"], "metrics": metrics}
+        if ctx.is_main:
+            write_json(out("val_metrics.json"), report)
+            print(json.dumps(report, indent=2))
+
+    if args.do_test:
+        logits, _ = trainer.predict(features(task, "test", data_dir), desc="Predicting (test)")
+        if ctx.is_main:
+            write_logits_csv(out("test_preds.csv"), logits)
+        if mm_task is not None:
+            mm_logits, _ = trainer.predict(features(mm_task, "test", mm_dir), desc="Predicting (mm test)")
+            if ctx.is_main:
+                write_logits_csv(out("mm_test_preds.csv"), mm_logits)
+    sys.stdout.flush()

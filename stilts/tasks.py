@@ -1,0 +1,196 @@
+"""GLUE task definitions and the one TSV reader they share.
+
+A task is data, not code: its folder, label list (in the seed's order, so that logit column k
+means the same label as in zphang/bert_on_stilts), metric, and for each split the file name and
+column layout. `read_examples` turns one split file into `Example`s and reports malformed input
+as `StiltsError("FILE:LINE: ...")`.
+"""
+import dataclasses
+import logging
+import os
+from typing import Optional
+
+from stilts.errors import StiltsError
+
+logger = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 1 << 20  # a GLUE row is a few hundred bytes; a 1 MiB line is a broken file
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where the fields of one split file live (column numbers; -1 is the last column)."""
+    text_a: int
+    text_b: Optional[int] = None
+    label: Optional[int] = None   # None: unlabeled (test) file
+    index: Optional[int] = None   # column holding the example id, used in guids
+    header: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str                       # the seed's task name, e.g. "rte"
+    folder: str                     # the official GLUE folder, e.g. "RTE"
+    labels: Optional[tuple]         # label strings in logit-column order; None = regression
+    metric: str                     # the key of compute_metrics() that ranks runs
+    files: dict                     # split -> file name
+    layouts: dict                   # split -> Layout
+    skip_short_rows: bool = False   # QQP: rows with missing fields are skipped and counted
+
+    @property
+    def is_regression(self):
+        return self.labels is None
+
+    @property
+    def num_labels(self):
+        return 1 if self.is_regression else len(self.labels)
+
+    def path(self, split, data_dir):
+        if split not in self.files:
+            raise StiltsError(f"task {self.name} has no {split} split (it has: {', '.join(self.files)})")
+        return os.path.join(data_dir, self.files[split])
+
+
+@dataclasses.dataclass
+class Example:
+    guid: str
+    text_a: str
+    text_b: Optional[str]
+    label: object  # a label string, a float (regression), or None (test)
+
+
+NLI3 = ("contradiction", "entailment", "neutral")
+NLI2 = ("entailment", "not_entailment")
+BINARY = ("0", "1")
+
+
+def _pair(a, b, label=-1, index=0, test_a=None, test_b=None):
+    """Layouts of a sentence-pair task whose test file keeps the text columns (or moves them)."""
+    labeled = Layout(text_a=a, text_b=b, label=label, index=index)
+    test = Layout(text_a=test_a if test_a is not None else a, text_b=test_b if test_b is not None else b, index=index)
+    return {"train": labeled, "dev": labeled, "test": test}
+
+
+_STD = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
+_MNLI_LAYOUTS = _pair(8, 9)
+
+TASKS = {t.name: t for t in [
+    Task("cola", "CoLA", BINARY, "mcc", _STD, {
+        "train": Layout(text_a=3, label=1, header=False),
+        "dev": Layout(text_a=3, label=1, header=False),
+        "test": Layout(text_a=1, index=0)}),
+    Task("sst", "SST-2", BINARY, "acc", _STD, {
+        "train": Layout(text_a=0, label=1),
+        "dev": Layout(text_a=0, label=1),
+        "test": Layout(text_a=1, index=0)}),
+    Task("mrpc", "MRPC", BINARY, "acc_and_f1", _STD, _pair(3, 4, label=0, index=None)),
+    Task("stsb", "STS-B", None, "corr", _STD, _pair(7, 8)),
+    Task("qqp", "QQP", BINARY, "acc_and_f1", _STD, _pair(3, 4, label=5, test_a=1, test_b=2),
+         skip_short_rows=True),
+    Task("mnli", "MNLI", NLI3, "acc",
+         {"train": "train.tsv", "dev": "dev_matched.tsv", "test": "test_matched.tsv"}, _MNLI_LAYOUTS),
+    Task("mnli-mm", "MNLI", NLI3, "acc",
+         {"train": "train.tsv", "dev": "dev_mismatched.tsv", "test": "test_mismatched.tsv"}, _MNLI_LAYOUTS),
+    Task("qnli", "QNLI", NLI2, "acc", _STD, _pair(1, 2)),
+    Task("rte", "RTE", NLI2, "acc", _STD, _pair(1, 2)),
+    Task("wnli", "WNLI", BINARY, "acc", _STD, _pair(1, 2)),
+    Task("snli", "SNLI", NLI3, "acc", _STD, {s: Layout(text_a=7, text_b=8, label=-1, index=0) for s in _STD}),
+    # The GLUE diagnostic set (AX): test only, scored by the leaderboard with an MNLI model.
+    Task("ax", "diagnostic", NLI3, "acc", {"test": "diagnostic.tsv"},
+         {"test": Layout(text_a=1, text_b=2, index=0)}),
+]}
+
+
+def get_task(name):
+    key = name.lower()
+    if key not in TASKS:
+        raise StiltsError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[key]
+
+
+def resolve_data_dir(task, data_dir=None):
+    """`--data_dir` if given, else `$GLUE_DIR/<official folder>`."""
+    if data_dir:
+        return data_dir
+    glue_dir = os.environ.get("GLUE_DIR")
+    if not glue_dir:
+        raise StiltsError(f"no data folder for task {task.name}: pass --data_dir or set GLUE_DIR "
+                          f"(the folder holding {task.folder}/)")
+    return os.path.join(glue_dir, task.folder)
+
+
+def _rows(path):
+    """Yield (line number, fields) of a TSV file, rejecting what no GLUE file contains."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise StiltsError(f"{path}: file not found") from None
+    except OSError as e:
+        raise StiltsError(f"{path}: cannot read: {e.strerror}") from None
+    with f:
+        lineno = 0
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise StiltsError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES} bytes; not a GLUE TSV file")
+            if b"\0" in raw:
+                raise StiltsError(f"{path}:{lineno}: NUL byte in line; not a UTF-8 text file")
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # MRPC's files start with a BOM
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise StiltsError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start}); "
+                                  f"GLUE files are UTF-8 encoded") from None
+            line = line.rstrip("\r\n")
+            if line:
+                yield lineno, line.split("\t")
+
+
+def read_examples(task, split, data_dir):
+    """Read one split of a task into a list of `Example`s (file order)."""
+    path = task.path(split, data_dir)
+    layout = task.layouts[split]
+    columns = [c for c in (layout.text_a, layout.text_b, layout.label, layout.index) if c is not None]
+    needed = max(c for c in columns if c >= 0) + 1
+    needed += max([-c for c in columns if c < 0], default=0)  # a "last column" label comes after the texts
+    examples, skipped = [], 0
+    for lineno, fields in _rows(path):
+        if layout.header and lineno == 1:
+            continue
+        if len(fields) < needed:
+            if task.skip_short_rows:
+                skipped += 1
+                continue
+            raise StiltsError(f"{path}:{lineno}: expected at least {needed} tab-separated columns "
+                              f"for {task.name} {split}, found {len(fields)}")
+        label = None
+        if layout.label is not None:
+            label = _parse_label(task, fields[layout.label].strip(), path, lineno)
+        ident = fields[layout.index] if layout.index is not None and fields[layout.index] else str(lineno - 1)
+        examples.append(Example(
+            guid=f"{split}-{ident}",
+            text_a=fields[layout.text_a],
+            text_b=fields[layout.text_b] if layout.text_b is not None else None,
+            label=label,
+        ))
+    if skipped:
+        logger.warning("%s: skipped %d rows with missing fields", path, skipped)
+    if not examples:
+        raise StiltsError(f"{path}: no examples (empty {split} split)")
+    return examples
+
+
+def _parse_label(task, text, path, lineno):
+    if task.is_regression:
+        try:
+            return float(text)
+        except ValueError:
+            raise StiltsError(f"{path}:{lineno}: label {text!r} is not a number ({task.name} is a regression task)") from None
+    if text not in task.labels:
+        raise StiltsError(f"{path}:{lineno}: unknown label {text!r} for {task.name} "
+                          f"(expected one of: {', '.join(task.labels)})")
+    return text

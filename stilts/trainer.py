@@ -1,0 +1,294 @@
+"""One training loop: length-grouped batches, dynamic padding, mixed precision, DDP, resume.
+
+Batches are *global*: each optimizer step sees `train_batch_size` examples whatever the number of
+processes or accumulation steps. A global batch is cut into `gradient_accumulation_steps` micro
+batches, and each micro batch into one slice per process. Every slice's summed loss is divided by
+the global batch size (times the world size, which DDP's gradient averaging divides out), so the
+update equals that of one process on the whole batch, up to float noise.
+
+The order of batches in epoch e is a pure function of (seed, e), so a run resumed from a
+checkpoint taken at (epoch, batch) replays exactly the batches an uninterrupted run would.
+"""
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from stilts import distributed
+from stilts.checkpoints import make_checkpoint
+from stilts.errors import StiltsError
+from stilts.features import collate
+from stilts.io import save_checkpoint
+from stilts.metrics import compute_metrics, predictions_from_logits
+from stilts.modeling import loss_fn, unwrap
+
+logger = logging.getLogger(__name__)
+
+NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias", "adapter.down_project.weight", "adapter.up_project.weight")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    train_batch_size: int = 32          # examples per optimizer step, over all processes
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_proportion: float = 0.1
+    num_train_epochs: float = 3.0
+    max_grad_norm: float = 1.0          # 0 disables clipping
+    adam_epsilon: float = 1e-6          # BERT's value
+    seed: int = 0
+    group_by_length: bool = True        # length-grouped batches (False: plain random batches)
+    pad_to_max_length: bool = False     # the seed's fixed padding to max_seq_length
+    max_seq_length: int = 128
+    precision: str = "fp32"             # fp32 | bf16 | fp16
+    loss_scale: float = 0.0             # fp16: 0 = dynamic, > 0 = fixed starting scale
+    torch_compile: bool = False
+    save_every: int = 0                 # checkpoint every N optimizer steps (0: never)
+    save_mode: str = "all"
+    verbose: bool = True
+
+
+def epoch_batches(lengths, batch_size, seed, epoch, group_by_length, bucket_batches=50):
+    """The global batches (arrays of example indices) of one epoch.
+
+    With grouping, a random permutation is cut into buckets of `bucket_batches` batches, each
+    bucket is sorted by length and cut into batches, and the batch order is shuffled: batches
+    hold similar lengths (little padding) while the epoch stays randomly ordered.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if group_by_length:
+        bucket = batch_size * bucket_batches
+        order = np.concatenate([
+            chunk[np.argsort(-lengths[chunk], kind="stable")]
+            for chunk in np.split(order, range(bucket, len(order), bucket))
+        ])
+    batches = np.split(order, range(batch_size, len(order), batch_size))
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+class Trainer:
+    def __init__(self, model, task, config, ctx, output_dir, run_args):
+        self.task = task
+        self.config = config
+        self.ctx = ctx
+        self.output_dir = output_dir
+        self.run_args = run_args  # recorded in every checkpoint, as the seed does
+        self.model = model.to(ctx.device)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        self.scaler = torch.amp.GradScaler(
+            ctx.device.type, enabled=config.precision == "fp16",
+            init_scale=config.loss_scale or 2.0 ** 16,
+            growth_interval=2 ** 31 - 1 if config.loss_scale else 2000)
+        self.wrapped = self.model
+        if config.torch_compile:
+            self.wrapped = torch.compile(self.wrapped, dynamic=True)
+        if ctx.enabled:
+            device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.wrapped, device_ids=device_ids)
+        self.optimizer = None
+        self.scheduler = None
+
+    # ----------------------------------------------------------------------------- helpers
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+
+    def _batch(self, features, indices):
+        pad_to = self.config.max_seq_length if self.config.pad_to_max_length else None
+        return {k: v.to(self.ctx.device, non_blocking=True) for k, v in collate(features, indices, pad_to).items()}
+
+    def _forward(self, model, batch):
+        with self._autocast():
+            return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+
+    def _make_optimizer(self, total_steps):
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in params if not any(nd in n for nd in NO_DECAY)],
+             "weight_decay": self.config.weight_decay},
+            {"params": [p for n, p in params if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0},
+        ]
+        on_gpu = self.ctx.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(groups, lr=self.config.learning_rate, eps=self.config.adam_epsilon,
+                                           fused=True if on_gpu else None, foreach=None if on_gpu else True)
+        warmup = int(self.config.warmup_proportion * total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total_steps)
+
+    def save(self, path, save_mode, train_state=None):
+        """Write a checkpoint atomically (main process only)."""
+        if self.ctx.is_main:
+            checkpoint = make_checkpoint(self.model, save_mode, self.run_args, self.optimizer,
+                                         self.scheduler, self.scaler, train_state)
+            save_checkpoint(path, checkpoint)
+        distributed.barrier(self.ctx)
+
+    # ----------------------------------------------------------------------------- training
+    def train(self, features, val_features=None, resume=None):
+        """Train for num_train_epochs; returns the per-epoch dev results if val_features is given."""
+        cfg = self.config
+        lengths = features.lengths
+        steps_per_epoch = math.ceil(len(features) / cfg.train_batch_size)
+        total_steps = max(1, round(steps_per_epoch * cfg.num_train_epochs))
+        self._make_optimizer(total_steps)
+        position = {"epoch": 0, "batch": 0, "global_step": 0}
+        history = {}
+        if resume is not None:
+            position, history = self._restore(resume, total_steps)
+        if self.ctx.is_main and cfg.verbose:
+            logger.info("training: %d examples, batch %d, %d steps (%d per epoch)",
+                        len(features), cfg.train_batch_size, total_steps, steps_per_epoch)
+
+        show = self.ctx.is_main and cfg.verbose
+        epochs_bar = tqdm(total=math.ceil(total_steps / steps_per_epoch), desc="Epoch", disable=not show,
+                          initial=position["epoch"])
+        self.wrapped.train()
+        while position["global_step"] < total_steps:
+            epoch = position["epoch"]
+            batches = epoch_batches(lengths, cfg.train_batch_size, cfg.seed, epoch, cfg.group_by_length)
+            last_batch = min(len(batches), position["batch"] + total_steps - position["global_step"])
+            steps_bar = tqdm(range(position["batch"], last_batch), desc="Training", leave=False, disable=not show)
+            running = []
+            for b in steps_bar:
+                loss = self._train_step(features, batches[b], position)
+                position["global_step"] += 1
+                position["batch"] = b + 1
+                running.append(loss)
+                steps_bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if cfg.save_every and (position["global_step"] % cfg.save_every == 0 or b == len(batches) - 1):
+                    self._save_periodic(epoch, b, position, history)
+            steps_bar.close()
+            if val_features is not None:
+                result = self.validate(val_features)
+                history[str(epoch)] = {"loss": result["loss"], "metrics": result["metrics"]}
+                self.wrapped.train()
+            position = {"epoch": epoch + 1, "batch": 0, "global_step": position["global_step"]}
+            epochs_bar.update(1)
+        epochs_bar.close()
+        return history
+
+    def _train_step(self, features, global_indices, position):
+        """One optimizer step over a global batch; returns its mean training loss."""
+        cfg, ctx = self.config, self.ctx
+        n_global = len(global_indices)
+        micro_batches = np.array_split(global_indices, cfg.gradient_accumulation_steps)
+        loss_sum = torch.zeros((), device=ctx.device)
+        for m, micro in enumerate(micro_batches):
+            mine = np.array_split(micro, ctx.world_size)[ctx.rank]
+            weight = 1.0
+            if len(mine) == 0:  # fewer examples than slices: run one with zero weight to keep DDP in step
+                mine, weight = global_indices[:1], 0.0
+            batch = self._batch(features, mine)
+            sync_now = m == len(micro_batches) - 1
+            no_sync = self.wrapped.no_sync() if ctx.enabled and not sync_now else contextlib.nullcontext()
+            with no_sync:
+                logits = self._forward(self.wrapped, batch)
+                loss = loss_fn(logits, batch["labels"], unwrap(self.model).regression, reduction="sum") * weight
+                self.scaler.scale(loss * (ctx.world_size / n_global)).backward()
+            loss_sum += loss.detach()
+        mean_loss = distributed.all_reduce_sum(ctx, loss_sum.item()) / n_global
+        if not math.isfinite(mean_loss) and not self.scaler.is_enabled():
+            self._stop_on_non_finite(mean_loss, position)
+        self.scaler.unscale_(self.optimizer)
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)  # with fp16, a step whose gradients overflowed is skipped
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return mean_loss
+
+    def _stop_on_non_finite(self, loss, position):
+        """The weights are still those of the last good step: keep them, then stop."""
+        path = os.path.join(self.output_dir, "all_state___last_good.p")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.save(path, "all", train_state=self._train_state(position, {}))
+        raise StiltsError(f"training loss is {loss} at step {position['global_step'] + 1} (epoch {position['epoch']}, "
+                          f"batch {position['batch']}); stopped. The last good weights are in {path}. "
+                          f"Try a lower --learning_rate, or fp32 instead of --fp16/--bf16")
+
+    def _train_state(self, position, history):
+        state = {"epoch": position["epoch"], "batch": position["batch"], "global_step": position["global_step"],
+                 "seed": self.config.seed, "val_history": history, "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _save_periodic(self, epoch, batch, position, history):
+        name = f"all_state___epoch{epoch:04d}___batch{batch:06d}.p"
+        self.save(os.path.join(self.output_dir, name), self.config.save_mode, self._train_state(position, history))
+
+    def _restore(self, checkpoint, total_steps):
+        """Optimizer, schedule, scaler, RNG and position of a `state_all` checkpoint."""
+        missing = [k for k in ("optimizer", "scheduler", "train_state") if k not in checkpoint]
+        if missing:
+            raise StiltsError(f"--bert_load_mode state_all: the checkpoint has no {', '.join(missing)} "
+                              f"(saved with --bert_save_mode model_all/model_tunable?); resuming needs one "
+                              f"written with --bert_save_mode all or tunable")
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        except (ValueError, KeyError) as e:
+            raise StiltsError(f"--bert_load_mode state_all: optimizer state does not fit this model ({e})") from None
+        if "scaler" in checkpoint and self.scaler.is_enabled():
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        state = checkpoint["train_state"]
+        if state["global_step"] > total_steps:
+            raise StiltsError(f"the checkpoint is at step {state['global_step']} but this run has only {total_steps} steps")
+        if state.get("seed") is not None and state["seed"] != self.config.seed:
+            logger.warning("resuming with seed %s; the checkpoint's run used %s: the data order changes",
+                           self.config.seed, state["seed"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return {k: state[k] for k in ("epoch", "batch", "global_step")}, dict(state.get("val_history", {}))
+
+    # ----------------------------------------------------------------------------- evaluation
+    def predict(self, features, desc="Evaluating"):
+        """Logits in file order, and the mean loss over examples.
+
+        Batches are formed from length-sorted examples (least padding); each process scores every
+        world_size-th batch and the results are gathered, so every process gets the full logits.
+        """
+        cfg, ctx = self.config, self.ctx
+        if cfg.pad_to_max_length:
+            order = np.arange(len(features))
+        else:
+            order = np.argsort(-features.lengths, kind="stable")
+        batches = np.split(order, range(cfg.eval_batch_size, len(order), cfg.eval_batch_size))
+        mine = batches[ctx.rank::ctx.world_size]
+        model = unwrap(self.wrapped) if not cfg.torch_compile else self.wrapped
+        model.eval()
+        results, loss_sum = [], 0.0
+        with torch.inference_mode():
+            for indices in tqdm(mine, desc=desc, leave=False, disable=not (ctx.is_main and cfg.verbose)):
+                batch = self._batch(features, indices)
+                logits = self._forward(model, batch).float()
+                loss_sum += loss_fn(logits, batch["labels"], unwrap(self.model).regression, reduction="sum").item()
+                results.append((indices, logits.cpu().numpy()))
+        gathered = distributed.all_gather_objects(ctx, (results, loss_sum))
+        all_logits = np.zeros((len(features), unwrap(self.model).head.out_features), dtype=np.float32)
+        for rank_results, _ in gathered:
+            for indices, logits in rank_results:
+                all_logits[indices] = logits
+        total_loss = sum(loss for _, loss in gathered)
+        return all_logits, total_loss / len(features)
+
+    def validate(self, features, task=None):
+        """{"logits", "loss", "metrics"} on a labeled split (task: e.g. mnli-mm for its metric keys)."""
+        task = task or self.task
+        logits, loss = self.predict(features, desc=f"Evaluating ({task.name} dev)")
+        preds = predictions_from_logits(logits, task.is_regression)
+        return {"loss": loss, "metrics": compute_metrics(task.name, preds, features.labels), "logits": logits}

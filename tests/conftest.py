@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny random BERT model folder, the packaged MiniLM, fixture data paths.
+
+Every test runs offline (HF_HUB_OFFLINE=1) and with its own features cache.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures", "glue")
+VOCAB = os.path.join(REPO, "cache", "bert_metadata", "uncased_L-12_H-768_A-12", "vocab.txt")
+TRAIN_PY = os.path.join(REPO, "glue", "train.py")
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("STILTS_CACHE_DIR", str(tmp_path / "stilts-cache"))
+
+
+def make_tiny_bert(folder, seed=0, **overrides):
+    """A random 2-layer BERT (hidden 32) with the real uncased vocab, saved as a model folder."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=37, max_position_embeddings=512)
+    settings.update(overrides)
+    BertModel(BertConfig(**settings)).save_pretrained(folder)
+    shutil.copy(VOCAB, os.path.join(folder, "vocab.txt"))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The real all-MiniLM-L6-v2, unpacked from its PyPI wheel by scripts/fetch_minilm.sh."""
+    folder = os.path.join(os.environ.get("STILTS_MODEL_DIR", os.path.join(REPO, ".cache", "models")),
+                          "all-MiniLM-L6-v2")
+    if not os.path.isfile(os.path.join(folder, "model.safetensors")):
+        result = subprocess.run(["bash", os.path.join(REPO, "scripts", "fetch_minilm.sh")],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"could not fetch the MiniLM wheel: {result.stderr.strip()[-300:]}")
+    return folder
+
+
+def run_train(*args, check=True, env=None):
+    """Run glue/train.py in a subprocess, as a user would; returns the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    result = subprocess.run([sys.executable, TRAIN_PY, *map(str, args)], capture_output=True, text=True, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
