@@ -32,6 +32,7 @@ setup(
             "stilts-train=stilts.cli.train:main",
             "stilts-evaluate=stilts.cli.evaluate:main",
             "stilts-format-for-glue=stilts.cli.format_for_glue:main",
+            "stilts-make-submission=stilts.cli.make_submission:main",
             "stilts-run=stilts.pipeline:main",
         ]
     },

@@ -13,7 +13,6 @@ import tempfile
 import zipfile
 
 import numpy as np
-import torch
 
 from stilts.errors import StiltsError
 
@@ -59,12 +58,16 @@ def write_logits_csv(path, logits):
 
 
 def save_checkpoint(path, obj):
+    import torch  # imported here: the submission tools use this module and need no torch
+
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
 
 
 def load_checkpoint(path):
     """Load a `.p`/`.bin` checkpoint without executing code: tensors and plain containers only."""
+    import torch
+
     if not os.path.isfile(path):
         raise StiltsError(f"{path}: checkpoint file not found")
     try:

@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from stilts.errors import StiltsError
+from stilts.features import encode_labels
 from stilts.io import atomic_write
 from stilts.metrics import compute_metrics, predictions_from_logits
 from stilts.tasks import get_task, read_examples
@@ -186,7 +187,7 @@ def export_all(input_dir, output_dir, file_format="csv", template_dir=TEMPLATE_D
 
 
 def copy_template_file(entry, template_dir, output_dir):
-    """Copy the placeholder predictions (AX: all contradiction, WNLI: all majority) the seed ships."""
+    """Copy the seed's placeholder predictions (cache/submission_template/) for a task without a run."""
     src = os.path.join(template_dir, entry.filename)
     if not os.path.isfile(src):
         return Outcome(entry, "failed", f"no predictions and no template {src}")
@@ -318,11 +319,10 @@ def dev_metrics(task, pred_path, data_dir):
     if len(logits) != len(examples):
         raise StiltsError(f"{pred_path}: {len(logits)} prediction rows, but {task.path('dev', data_dir)} "
                           f"has {len(examples)} dev examples")
-    if task.is_regression:
-        labels = [e.label for e in examples]
-    else:
-        labels = [task.labels.index(e.label) for e in examples]
-    return compute_metrics(task.name, predictions_from_logits(logits, task.is_regression), labels)
+    # The trainer's dtypes (float32 logits and scores), so that STS-B's correlations match it bit for bit.
+    labels = encode_labels(examples, task)
+    preds = predictions_from_logits(logits.astype(np.float32), task.is_regression)
+    return compute_metrics(task.name, preds, labels)
 
 
 def evaluate_predictions(task_name, pred_path, data_dir, mm_data_dir=None):

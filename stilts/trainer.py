@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -91,12 +92,13 @@ class Trainer:
             ctx.device.type, enabled=config.precision == "fp16",
             init_scale=config.loss_scale or 2.0 ** 16,
             growth_interval=2 ** 31 - 1 if config.loss_scale else 2000)
-        self.wrapped = self.model
-        if config.torch_compile:
-            self.wrapped = torch.compile(self.wrapped, dynamic=True)
+        # `compiled` runs evaluation; `wrapped` (DDP around it) runs training. Evaluating through DDP
+        # would broadcast buffers on every forward and hang when ranks score different batch counts.
+        self.compiled = torch.compile(self.model, dynamic=True) if config.torch_compile else self.model
+        self.wrapped = self.compiled
         if ctx.enabled:
             device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-            self.wrapped = DistributedDataParallel(self.wrapped, device_ids=device_ids)
+            self.wrapped = DistributedDataParallel(self.compiled, device_ids=device_ids)
         self.optimizer = None
         self.scheduler = None
 
@@ -121,9 +123,11 @@ class Trainer:
              "weight_decay": self.config.weight_decay},
             {"params": [p for n, p in params if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0},
         ]
-        on_gpu = self.ctx.device.type == "cuda"
+        # The fused kernel reads each parameter once per step (foreach makes ~10 passes): on CPU this is
+        # a good share of a MiniLM step, since the 30k-row word embeddings are updated every step.
+        fused = self.ctx.device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW(groups, lr=self.config.learning_rate, eps=self.config.adam_epsilon,
-                                           fused=True if on_gpu else None, foreach=None if on_gpu else True)
+                                           fused=fused, foreach=not fused)
         warmup = int(self.config.warmup_proportion * total_steps)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total_steps)
 
@@ -152,6 +156,7 @@ class Trainer:
                         len(features), cfg.train_batch_size, total_steps, steps_per_epoch)
 
         show = self.ctx.is_main and cfg.verbose
+        started, self.train_examples = time.perf_counter(), 0
         epochs_bar = tqdm(total=math.ceil(total_steps / steps_per_epoch), desc="Epoch", disable=not show,
                           initial=position["epoch"])
         self.wrapped.train()
@@ -166,6 +171,7 @@ class Trainer:
                 position["global_step"] += 1
                 position["batch"] = b + 1
                 running.append(loss)
+                self.train_examples += len(batches[b])
                 steps_bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if cfg.save_every and (position["global_step"] % cfg.save_every == 0 or b == len(batches) - 1):
                     self._save_periodic(epoch, b, position, history)
@@ -177,6 +183,7 @@ class Trainer:
             position = {"epoch": epoch + 1, "batch": 0, "global_step": position["global_step"]}
             epochs_bar.update(1)
         epochs_bar.close()
+        self.train_seconds = time.perf_counter() - started
         return history
 
     def _train_step(self, features, global_indices, position):
@@ -199,23 +206,24 @@ class Trainer:
                 self.scaler.scale(loss * (ctx.world_size / n_global)).backward()
             loss_sum += loss.detach()
         mean_loss = distributed.all_reduce_sum(ctx, loss_sum.item()) / n_global
-        if not math.isfinite(mean_loss) and not self.scaler.is_enabled():
-            self._stop_on_non_finite(mean_loss, position)
+        if not math.isfinite(mean_loss):  # the unscaled loss: no loss scale can fix a non-finite forward
+            self._stop_on_non_finite("training loss", mean_loss, position)
         self.scaler.unscale_(self.optimizer)
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or math.inf)
+        if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):  # stop before the update spoils the weights
+            self._stop_on_non_finite("gradient norm", grad_norm.item(), position)
         self.scaler.step(self.optimizer)  # with fp16, a step whose gradients overflowed is skipped
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return mean_loss
 
-    def _stop_on_non_finite(self, loss, position):
-        """The weights are still those of the last good step: keep them, then stop."""
+    def _stop_on_non_finite(self, what, value, position):
+        """The weights are still those of the last step whose loss and gradients were finite: keep them, then stop."""
         path = os.path.join(self.output_dir, "all_state___last_good.p")
         self.optimizer.zero_grad(set_to_none=True)
         self.save(path, "all", train_state=self._train_state(position, {}))
-        raise StiltsError(f"training loss is {loss} at step {position['global_step'] + 1} (epoch {position['epoch']}, "
+        raise StiltsError(f"{what} is {value} at step {position['global_step'] + 1} (epoch {position['epoch']}, "
                           f"batch {position['batch']}); stopped. The last good weights are in {path}. "
                           f"Try a lower --learning_rate, or fp32 instead of --fp16/--bf16")
 
@@ -237,6 +245,11 @@ class Trainer:
             raise StiltsError(f"--bert_load_mode state_all: the checkpoint has no {', '.join(missing)} "
                               f"(saved with --bert_save_mode model_all/model_tunable?); resuming needs one "
                               f"written with --bert_save_mode all or tunable")
+        previous = checkpoint.get("args") or {}
+        for flag in ("train_batch_size", "train_examples_number"):  # they fix the batches: same data order
+            if flag in previous and flag in self.run_args and previous[flag] != self.run_args[flag]:
+                raise StiltsError(f"--bert_load_mode state_all: the checkpoint's run used --{flag} {previous[flag]}, "
+                                  f"this one {self.run_args[flag]}; resuming needs the same value")
         try:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -269,7 +282,7 @@ class Trainer:
             order = np.argsort(-features.lengths, kind="stable")
         batches = np.split(order, range(cfg.eval_batch_size, len(order), cfg.eval_batch_size))
         mine = batches[ctx.rank::ctx.world_size]
-        model = unwrap(self.wrapped) if not cfg.torch_compile else self.wrapped
+        model = self.compiled
         model.eval()
         results, loss_sum = [], 0.0
         with torch.inference_mode():

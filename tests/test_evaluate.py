@@ -11,14 +11,15 @@ import pytest
 
 from conftest import FIXTURES, REPO, run_train
 from stilts.cli import evaluate
+from stilts.features import encode_labels
 from stilts.io import write_logits_csv
 from stilts.metrics import compute_metrics, predictions_from_logits
 from stilts.tasks import get_task, read_examples
 
 
 def dev_labels(task, data_dir):
-    examples = read_examples(task, "dev", data_dir)
-    return [e.label if task.is_regression else task.labels.index(e.label) for e in examples]
+    """The labels as the trainer holds them (float32 STS-B scores)."""
+    return encode_labels(read_examples(task, "dev", data_dir), task)
 
 
 def random_logits(task, rows):
@@ -103,7 +104,7 @@ def test_seed_tab_separated_predictions_read_too(tmp_path, capsys):
     task = get_task("rte")
     data_dir = os.path.join(FIXTURES, "RTE")
     logits = random_logits(task, 40)
-    np.savetxt(tmp_path / "val_preds.tsv", logits.astype(np.float64), delimiter="\t", fmt="%r")
+    np.savetxt(tmp_path / "val_preds.tsv", logits, delimiter="\t", fmt="%.9g")   # 9 digits: float32 round trip
     status, out, _ = run_evaluate(capsys, "--task-name", "rte", "--pred-file-path", tmp_path / "val_preds.tsv",
                                   "--task-data-dir", data_dir)
     assert status == 0 and json.loads(out) == expected_metrics(task, logits, data_dir)

@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
+from conftest import FIXTURES, run_train
 from stilts import submission
 from stilts.cli import format_for_glue, make_submission
 from stilts.io import write_logits_csv
@@ -390,7 +391,6 @@ def test_failed_rebuild_keeps_the_earlier_zip_and_files(runs, exported, tmp_path
                     reason="needs the trainer (stilts/trainer.py), not written yet")
 def test_trainer_ax_test_predictions_export_to_ax_tsv(tmp_path, capsys, tiny_bert_dir):
     """Beyond the seed, end to end: `--task_name ax --do_test` with an MNLI-shaped model, then the exporter."""
-    from conftest import FIXTURES, run_train
     run_dir = tmp_path / "ax"
     run_train("--task_name", "ax", "--bert_model", tiny_bert_dir, "--data_dir", os.path.join(FIXTURES, "diagnostic"),
               "--output_dir", run_dir, "--do_test", "--no_cuda", "--seed", "1", "--not-verbose")

@@ -31,7 +31,8 @@ def main(argv=None):
     data_dir = args.task_data_dir
     if data_dir is None:
         if not os.environ.get("GLUE_DIR"):
-            raise StiltsError(f"no data folder: pass --task-data-dir or set GLUE_DIR (the folder holding {task.folder}/)")
+            raise StiltsError(f"no data folder: pass --task-data-dir or set GLUE_DIR "
+                              f"(the folder holding {task.folder}/)")
         data_dir = os.path.join(os.environ["GLUE_DIR"], task.folder)
     metrics = submission.evaluate_predictions(task.name, args.pred_file_path, data_dir, args.mnli_mm_data_dir)
     if not args.no_print:

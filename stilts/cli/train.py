@@ -67,7 +67,8 @@ def build_parser():
     p.add_argument("--not-verbose", action="store_true")
     p.add_argument("--force-overwrite", action="store_true", help="write into a non-empty --output_dir")
     # Beyond the seed.
-    p.add_argument("--bert_base_path", default=None, help="base BERT weights under a *_tunable/adapter checkpoint")
+    p.add_argument("--bert_base_path", default=None,
+                   help="base BERT weights (state dict file or model folder) under a *_tunable or adapter checkpoint")
     p.add_argument("--mnli_mm_data_dir", default=None,
                    help="folder with MNLI dev_mismatched.tsv / test_mismatched.tsv (default: the MNLI folder)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU with AVX512-BF16/AMX, Ampere+ GPUs)")
@@ -95,15 +96,15 @@ def check_args(args):
         raise StiltsError("--train_batch_size and --eval_batch_size must be >= 1")
     if args.fp16 and args.bf16:
         raise StiltsError("choose one of --fp16 and --bf16")
-    if args.bert_load_mode != "from_pretrained" and not args.bert_load_path and args.bert_load_mode != "state_adapter":
+    if args.bert_load_mode != "from_pretrained" and not args.bert_load_path:
         raise StiltsError(f"--bert_load_mode {args.bert_load_mode} needs --bert_load_path")
-    for flag in ("bert_load_path", "bert_config_json_path", "bert_vocab_path", "bert_base_path"):
+    for flag in ("bert_load_path", "bert_config_json_path", "bert_vocab_path"):
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
             raise StiltsError(f"{path}: file not found (--{flag})")
     base = base_path_from_args(args.bert_base_path, args.bert_load_args)
-    if base and not os.path.isfile(base):
-        raise StiltsError(f"{base}: base BERT weights file not found")
+    if base and not os.path.exists(base):
+        raise StiltsError(f"{base}: base BERT weights not found (a state dict file or a model folder)")
 
     data_dir = resolve_data_dir(task, args.data_dir)
     needed = []
@@ -177,6 +178,7 @@ def main(argv=None):
 
 
 def run(args, ctx, task, data_dir, mm_task, mm_dir):
+    seed_given = args.seed != -1
     set_seed(args, ctx)
     source = ModelSource(args.bert_model, args.bert_config_json_path, args.bert_vocab_path)
     tokenizer = load_tokenizer(source.vocab(), args.do_lower_case)
@@ -184,6 +186,9 @@ def run(args, ctx, task, data_dir, mm_task, mm_dir):
     pretrained = source.pretrained_encoder_state() if args.bert_load_mode == "from_pretrained" else None
     checkpoint = load_weights(model, args.bert_load_mode, args.bert_load_path,
                               base_path_from_args(args.bert_base_path, args.bert_load_args), pretrained)
+    if args.bert_load_mode == "state_all" and not seed_given and "train_state" in checkpoint:
+        args.seed = checkpoint["train_state"]["seed"]  # resuming without --seed: the run's own data order
+        set_seed(args, ctx)
     if args.print_trainable_params:
         print_trainable_params(model)
     if args.not_verbose:
@@ -193,29 +198,21 @@ def run(args, ctx, task, data_dir, mm_task, mm_dir):
         for key, value in vars(args).items():
             print(f"  {key}: {value}")
 
+    splits = load_splits(args, task, data_dir, mm_task, mm_dir, tokenizer)
+    # Every input has now been read and checked: only from here on is anything written.
     if ctx.is_main:
         os.makedirs(args.output_dir, exist_ok=True)
         write_json(os.path.join(args.output_dir, "args.json"), vars(args))
-    cache_dir = None if args.no_features_cache else (args.features_cache_dir or default_cache_dir())
-
-    def features(t, split, folder):
-        return load_features(t, split, folder, tokenizer, args.max_seq_length, cache_dir)
-
     trainer = Trainer(model, task, train_config(args), ctx, args.output_dir, vars(args))
     out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
 
     if args.do_train:
-        train_features = features(task, "train", data_dir)
-        if args.train_examples_number is not None:
-            if not 0 < args.train_examples_number <= len(train_features):
-                raise StiltsError(f"--train_examples_number {args.train_examples_number}: the train set has "
-                                  f"{len(train_features)} examples")
-            picked = np.random.default_rng(args.seed).choice(len(train_features), args.train_examples_number,
-                                                             replace=False)
-            train_features = train_features.subset(np.sort(picked))
-        val_features = features(task, "dev", data_dir) if args.do_val_history else None
         resume = checkpoint if args.bert_load_mode == "state_all" else None
-        history = trainer.train(train_features, val_features, resume=resume)
+        history = trainer.train(splits["train"], splits.get("dev") if args.do_val_history else None, resume=resume)
+        if ctx.is_main:
+            note = ", dev evaluations included" if args.do_val_history else ""
+            print(f"trained {trainer.train_examples} examples in {trainer.train_seconds:.1f} s "
+                  f"({trainer.train_examples / trainer.train_seconds:.1f} examples/s{note})")
         if args.do_val_history and ctx.is_main:
             write_json(out("val_metrics_history.json"), history)
 
@@ -223,12 +220,12 @@ def run(args, ctx, task, data_dir, mm_task, mm_dir):
         trainer.save(out("all_state.p"), args.bert_save_mode)
 
     if args.do_val:
-        result = trainer.validate(features(task, "dev", data_dir))
+        result = trainer.validate(splits["dev"])
         metrics = dict(result["metrics"])
         if ctx.is_main:
             write_logits_csv(out("val_preds.csv"), result["logits"])
         if mm_task is not None:
-            mm_result = trainer.validate(features(mm_task, "dev", mm_dir), task=mm_task)
+            mm_result = trainer.validate(splits["mm_dev"], task=mm_task)
             metrics.update({"mm-" + k: v for k, v in mm_result["metrics"].items()})
             if ctx.is_main:
                 write_logits_csv(out("mm_val_preds.csv"), mm_result["logits"])
@@ -238,11 +235,32 @@ def run(args, ctx, task, data_dir, mm_task, mm_dir):
             print(json.dumps(report, indent=2))
 
     if args.do_test:
-        logits, _ = trainer.predict(features(task, "test", data_dir), desc="Predicting (test)")
+        logits, _ = trainer.predict(splits["test"], desc="Predicting (test)")
         if ctx.is_main:
             write_logits_csv(out("test_preds.csv"), logits)
         if mm_task is not None:
-            mm_logits, _ = trainer.predict(features(mm_task, "test", mm_dir), desc="Predicting (mm test)")
+            mm_logits, _ = trainer.predict(splits["mm_test"], desc="Predicting (mm test)")
             if ctx.is_main:
                 write_logits_csv(out("mm_test_preds.csv"), mm_logits)
     sys.stdout.flush()
+
+
+def load_splits(args, task, data_dir, mm_task, mm_dir, tokenizer):
+    """Features of every split the run needs (train subsampled if asked), keyed train/dev/test/mm_dev/mm_test."""
+    cache_dir = None if args.no_features_cache else (args.features_cache_dir or default_cache_dir())
+    wanted = [("train", task, "train", data_dir)] if args.do_train else []
+    if args.do_val or args.do_val_history:
+        wanted.append(("dev", task, "dev", data_dir))
+    if args.do_test:
+        wanted.append(("test", task, "test", data_dir))
+    if mm_task is not None:
+        wanted += [("mm_" + key, mm_task, split, mm_dir) for key, _, split, _ in wanted if key != "train"]
+    splits = {key: load_features(t, split, folder, tokenizer, args.max_seq_length, cache_dir)
+              for key, t, split, folder in wanted}
+    if args.do_train and args.train_examples_number is not None:
+        n = len(splits["train"])
+        if not 0 < args.train_examples_number <= n:
+            raise StiltsError(f"--train_examples_number {args.train_examples_number}: the train set has {n} examples")
+        picked = np.random.default_rng(args.seed).choice(n, args.train_examples_number, replace=False)
+        splits["train"] = splits["train"].subset(np.sort(picked))
+    return splits
