@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -71,11 +72,16 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise StiltsError(f"{path}: checkpoint file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about plain pickles before refusing them below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's message is a paragraph of advice; the line naming what was refused is the useful one.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        details = [line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))]
+        reason = (details or lines or [type(e).__name__])[0]
         raise StiltsError(f"{path}: refused to load: it holds objects other than tensors and plain "
-                          f"containers, which could run code ({first_line[:200]})") from None
+                          f"containers, which could run code ({reason[:200]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, io.UnsupportedOperation) as e:
         raise StiltsError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                           f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from None

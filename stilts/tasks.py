@@ -7,6 +7,7 @@ as `StiltsError("FILE:LINE: ...")`.
 """
 import dataclasses
 import logging
+import math
 import os
 from typing import Optional
 
@@ -187,9 +188,12 @@ def read_examples(task, split, data_dir):
 def _parse_label(task, text, path, lineno):
     if task.is_regression:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
-            raise StiltsError(f"{path}:{lineno}: label {text!r} is not a number ({task.name} is a regression task)") from None
+            value = math.nan
+        if not math.isfinite(value):  # 'nan' and '1e400' parse, but would make the loss non-finite
+            raise StiltsError(f"{path}:{lineno}: label {text!r} is not a number ({task.name} is a regression task)")
+        return value
     if text not in task.labels:
         raise StiltsError(f"{path}:{lineno}: unknown label {text!r} for {task.name} "
                           f"(expected one of: {', '.join(task.labels)})")

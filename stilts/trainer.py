@@ -228,11 +228,13 @@ class Trainer:
                           f"Try a lower --learning_rate, or fp32 instead of --fp16/--bf16")
 
     def _train_state(self, position, history):
-        state = {"epoch": position["epoch"], "batch": position["batch"], "global_step": position["global_step"],
-                 "seed": self.config.seed, "val_history": history, "torch_rng": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return state
+        """Where training stands, with every process's RNG state: dropout continues exactly on resume."""
+        rng = {"torch_rng": torch.get_rng_state()}
+        if self.ctx.device.type == "cuda":
+            rng["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
+        return {"epoch": position["epoch"], "batch": position["batch"], "global_step": position["global_step"],
+                "seed": self.config.seed, "val_history": history,
+                "rng_per_rank": distributed.all_gather_objects(self.ctx, rng)}
 
     def _save_periodic(self, epoch, batch, position, history):
         name = f"all_state___epoch{epoch:04d}___batch{batch:06d}.p"
@@ -263,9 +265,14 @@ class Trainer:
         if state.get("seed") is not None and state["seed"] != self.config.seed:
             logger.warning("resuming with seed %s; the checkpoint's run used %s: the data order changes",
                            self.config.seed, state["seed"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rngs = state["rng_per_rank"]
+        if len(rngs) != self.ctx.world_size:
+            logger.warning("resuming on %d processes, the checkpoint's run had %d: same batches, other dropout masks",
+                           self.ctx.world_size, len(rngs))
+        rng = rngs[self.ctx.rank % len(rngs)]
+        torch.set_rng_state(rng["torch_rng"])
+        if "cuda_rng" in rng and self.ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda_rng"], self.ctx.device)
         return {k: state[k] for k in ("epoch", "batch", "global_step")}, dict(state.get("val_history", {}))
 
     # ----------------------------------------------------------------------------- evaluation
@@ -284,14 +291,15 @@ class Trainer:
         mine = batches[ctx.rank::ctx.world_size]
         model = self.compiled
         model.eval()
-        results, loss_sum = [], 0.0
+        results, loss_sum = [], torch.zeros((), device=ctx.device)
         with torch.inference_mode():
             for indices in tqdm(mine, desc=desc, leave=False, disable=not (ctx.is_main and cfg.verbose)):
                 batch = self._batch(features, indices)
                 logits = self._forward(model, batch).float()
-                loss_sum += loss_fn(logits, batch["labels"], unwrap(self.model).regression, reduction="sum").item()
-                results.append((indices, logits.cpu().numpy()))
-        gathered = distributed.all_gather_objects(ctx, (results, loss_sum))
+                loss_sum += loss_fn(logits, batch["labels"], unwrap(self.model).regression, reduction="sum")
+                results.append((indices, logits))  # kept on the device: no host sync per batch
+        results = [(indices, logits.cpu().numpy()) for indices, logits in results]
+        gathered = distributed.all_gather_objects(ctx, (results, loss_sum.item()))
         all_logits = np.zeros((len(features), unwrap(self.model).head.out_features), dtype=np.float32)
         for rank_results, _ in gathered:
             for indices, logits in rank_results:
