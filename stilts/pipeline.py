@@ -1,0 +1,460 @@
+"""`stilts-run`: a whole STILTs study in one command.
+
+Stage A fine-tunes the encoder on the intermediate task once. Every target task then trains from
+that checkpoint (STILTs) and, with --compare, from the plain model (baseline), once per seed. Each
+run is a `glue/train.py` subprocess with its own folder, so any glue/train.py flag passes through
+and a crash in one run leaves the others intact:
+
+    OUT/intermediate_<task>/            stage A; its all_state.p is loaded by every STILTs run
+    OUT/<target>/stilts/seed_<s>/       target runs from the stage A encoder (state_model_only)
+    OUT/<target>/baseline/seed_<s>/     target runs from --bert_model (--compare)
+    OUT/submission_input/<target>/      test predictions of the best dev run, for the submission export
+    OUT/summary.json, summary.md, summary.png
+
+Repeating the command skips finished runs, so a study that crashed resumes where it stopped.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from stilts.cli import report_errors
+from stilts.cli import train as train_cli
+from stilts.errors import StiltsError
+from stilts.io import atomic_write, write_json
+from stilts.metrics import majority_baseline
+from stilts.modeling import WEIGHT_FILES, ModelSource
+from stilts.tasks import get_task, read_examples
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(REPO_ROOT, "glue", "train.py")
+VARIANTS = ("stilts", "baseline")
+# glue/train.py flags the pipeline sets for each run; passing them through would break the layout.
+OWNED_FLAGS = ("--task_name", "--data_dir", "--output_dir", "--seed", "--bert_load_mode", "--bert_load_path",
+               "--do_train", "--do_val", "--do_test", "--force-overwrite")
+# Stage A must leave a checkpoint whose "model" entry holds the whole encoder.
+STAGE_A_SAVE = ["--do_save", "--bert_save_mode", "model_all"]
+# With --adapters it holds only what trained (adapters, LayerNorms, head); stage B adds the base weights.
+STAGE_A_SAVE_ADAPTERS = ["--do_save", "--bert_save_mode", "model_tunable"]
+ADAPTER_CONFIGS = {name: os.path.join(REPO_ROOT, "configs", f"{name}-adapter.json")
+                   for name in ("bert-base-uncased", "bert-large-uncased")}
+# Settings that change how a run executes or what it keeps, not what it learns: a finished run made
+# with other values of these still counts when the study is repeated.
+EXECUTION_ONLY = {"output_dir", "bert_load_path", "force_overwrite", "not_verbose", "print_trainable_params",
+                  "local_rank", "no_cuda", "eval_batch_size", "features_cache_dir", "no_features_cache",
+                  "do_test", "do_save", "bert_save_mode", "train_save_every", "do_val_history", "torch_compile"}
+DEGENERATE_TOLERANCE = 1e-9  # "at or below the baseline", robust to float rounding
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="stilts-run", allow_abbrev=False,
+        description="STILTs study: intermediate task once, then each target with restarts "
+                    "(and without STILTs with --compare). Other flags go to every glue/train.py run.")
+    p.add_argument("--intermediate", required=True, help="intermediate task, e.g. mnli")
+    p.add_argument("--targets", required=True, help="comma-separated target tasks, e.g. rte,mrpc,stsb")
+    p.add_argument("--restarts", type=int, default=None, help="runs per target and variant (seeds 1..N)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, one per restart (default 1..N)")
+    p.add_argument("--intermediate_seed", type=int, default=0,
+                   help="seed of stage A (fixed, so that adding restarts later reuses stage A)")
+    p.add_argument("--compare", action="store_true", help="also train each target from --bert_model (baseline)")
+    p.add_argument("--bert_model", required=True, help="as for glue/train.py")
+    p.add_argument("--output_dir", required=True, help="the study folder")
+    p.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR"),
+                   help="folder holding the GLUE task folders (default $GLUE_DIR)")
+    p.add_argument("--intermediate_args", default="",
+                   help="extra glue/train.py flags for stage A only, after the shared ones, e.g. "
+                        "\"--num_train_epochs 1\" (a single flag: --intermediate_args=--bf16)")
+    p.add_argument("--no_test", action="store_true", help="do not predict the test sets (no submission input)")
+    p.add_argument("--adapters", action="store_true",
+                   help="train adapters instead of the whole encoder: the adapter config (configs/ for "
+                        "bert-base/large-uncased, else --bert_config_json_path), a model_tunable stage A, and "
+                        "--bert_model's folder as the base weights of stage B")
+    return p
+
+
+def parse_args(argv=None):
+    """The pipeline's own flags, and the glue/train.py flags passed through to every run."""
+    args, passthrough = build_parser().parse_known_args(argv)
+    args.intermediate_extra = shlex.split(args.intermediate_args)
+    for flags, where in ((passthrough, "pass-through"), (args.intermediate_extra, "--intermediate_args")):
+        owned = [f for f in flags if f.split("=")[0] in OWNED_FLAGS]
+        if owned:
+            raise StiltsError(f"{owned[0]} ({where} flag): stilts-run sets it for each run; see stilts-run --help")
+    # Check the pass-through flags now, not when the first run starts; keep their values for planning.
+    dummy = ["--task_name", "rte", "--bert_model", "x", "--output_dir", "x"]
+    _, unknown = train_cli.build_parser().parse_known_args(passthrough + args.intermediate_extra + dummy)
+    if unknown:
+        raise StiltsError(f"not a stilts-run or glue/train.py flag: {' '.join(unknown)}")
+    args.shared = train_cli.build_parser().parse_args(passthrough + dummy)
+
+    args.intermediate = get_task(args.intermediate).name
+    args.targets = [get_task(t).name for t in args.targets.split(",") if t.strip()]
+    if not args.targets:
+        raise StiltsError("--targets: give at least one task, e.g. --targets rte,mrpc")
+    args.seeds = parse_seeds(args.seeds, args.restarts)
+    if not args.glue_dir:
+        raise StiltsError("no GLUE data folder: pass --glue_dir or set GLUE_DIR")
+    args.glue_dir = os.path.abspath(args.glue_dir)
+    args.output_dir = os.path.abspath(args.output_dir)
+    if os.path.isdir(args.bert_model):  # a local folder: the same absolute path in every run's args.json
+        args.bert_model = os.path.abspath(args.bert_model)
+    if args.adapters:
+        passthrough = passthrough + adapter_flags(args)
+    return args, passthrough
+
+
+def adapter_flags(args):
+    """--adapters: the adapter config flag for every run (unless given), and the base weights folder."""
+    config_path = args.shared.bert_config_json_path or ADAPTER_CONFIGS.get(args.bert_model)
+    if config_path is None:
+        raise StiltsError(f"--adapters with --bert_model {args.bert_model}: pass its adapter config too, "
+                          f"--bert_config_json_path (e.g. configs/minilm-adapter.json for all-MiniLM-L6-v2)")
+    if not getattr(ModelSource(args.bert_model, config_path).config(), "use_adapter", False):
+        raise StiltsError(f"{config_path}: --adapters needs a config with \"use_adapter\": true")
+    folder = ModelSource(args.bert_model).folder
+    if not (folder and any(os.path.isfile(os.path.join(folder, name)) for name in WEIGHT_FILES)):
+        raise StiltsError(f"--adapters: stage B loads the base weights under the adapters from --bert_model's "
+                          f"folder, and {args.bert_model} has no local {' or '.join(WEIGHT_FILES)}; "
+                          f"pass a model folder as --bert_model")
+    args.adapter_base = os.path.abspath(folder)
+    return [] if args.shared.bert_config_json_path else ["--bert_config_json_path", config_path]
+
+
+def parse_seeds(seeds, restarts):
+    if seeds is None:
+        if restarts is None or restarts < 1:
+            raise StiltsError("pass --restarts N (N >= 1) or --seeds S1,S2,...")
+        return list(range(1, restarts + 1))
+    try:
+        parsed = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise StiltsError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 1,2,3") from None
+    if len(set(parsed)) != len(parsed) or any(s < 0 for s in parsed):
+        raise StiltsError(f"--seeds {seeds!r}: seeds must be distinct and >= 0")
+    if restarts is not None and restarts != len(parsed):
+        raise StiltsError(f"--restarts {restarts} but --seeds lists {len(parsed)} seeds")
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs of a study
+
+
+@dataclasses.dataclass
+class Run:
+    label: str          # for the progress lines, e.g. "rte stilts seed 2"
+    folder: str
+    argv: list          # glue/train.py flags
+    outputs: tuple      # the files a finished run has
+    task: str = ""
+    variant: str = ""
+    seed: int = 0
+
+    def finished(self):
+        return all(os.path.isfile(os.path.join(self.folder, name)) for name in self.outputs)
+
+
+def data_dir(args, task_name):
+    return os.path.join(args.glue_dir, get_task(task_name).folder)
+
+
+def has_test(args, task_name):
+    """Whether the target's test file(s) exist; a study on partial data skips the test predictions."""
+    task = get_task(task_name)
+    paths = [task.path("test", data_dir(args, task_name))]
+    if task.name == "mnli":
+        paths.append(get_task("mnli-mm").path("test", args.shared.mnli_mm_data_dir or data_dir(args, task_name)))
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        print(f"stilts-run: {missing[0]} not found: {task_name} runs will not predict the test set", flush=True)
+    return not missing
+
+
+def plan(args, passthrough):
+    """Stage A, then for each target, seed and variant one run (variants side by side per seed)."""
+    common = ["--bert_model", args.bert_model] + passthrough
+    stage_a_dir = os.path.join(args.output_dir, f"intermediate_{args.intermediate}")
+    checkpoint = os.path.join(stage_a_dir, "all_state.p")
+    stage_a = Run(f"stage A: {args.intermediate}", stage_a_dir,
+                  ["--task_name", args.intermediate, "--data_dir", data_dir(args, args.intermediate),
+                   "--output_dir", stage_a_dir, "--seed", str(args.intermediate_seed), "--do_train", "--do_val",
+                   "--bert_load_mode", "from_pretrained"] + common + args.intermediate_extra
+                  + (STAGE_A_SAVE_ADAPTERS if args.adapters else STAGE_A_SAVE),
+                  outputs=("all_state.p",), task=args.intermediate)
+    runs = []
+    for target in args.targets:
+        test = not args.no_test and has_test(args, target)
+        outputs = ["val_metrics.json"]
+        if test:
+            outputs += ["test_preds.csv"] + (["mm_test_preds.csv"] if target == "mnli" else [])
+        if args.shared.do_save:
+            outputs.append("all_state.p")
+        sources = {"stilts": ["--bert_load_mode", "state_model_only", "--bert_load_path", checkpoint]
+                   + (["--bert_base_path", args.adapter_base] if args.adapters else []),
+                   "baseline": ["--bert_load_mode", "from_pretrained"]}
+        for seed in args.seeds:
+            for variant in VARIANTS[:2 if args.compare else 1]:
+                folder = os.path.join(args.output_dir, target, variant, f"seed_{seed}")
+                argv = (["--task_name", target, "--data_dir", data_dir(args, target), "--output_dir", folder,
+                         "--seed", str(seed), "--do_train", "--do_val"] + (["--do_test"] if test else [])
+                        + sources[variant] + common)
+                runs.append(Run(f"{target} {variant} seed {seed}", folder, argv, tuple(outputs),
+                                task=target, variant=variant, seed=seed))
+    return stage_a, runs
+
+
+def check_before_training(stage_a, runs):
+    """Every data file, flag and finished run is checked before the first run starts."""
+    for run in [stage_a] + runs:
+        settings = train_cli.build_parser().parse_args(run.argv + ["--force-overwrite"])
+        if settings.bert_load_path and not os.path.isfile(settings.bert_load_path):  # stage A writes it
+            settings.bert_load_mode, settings.bert_load_path = "from_pretrained", None
+        train_cli.check_args(settings)
+        if run.finished():
+            check_same_settings(run)
+
+
+def check_same_settings(run):
+    """A finished run is reused only if it was made with the settings asked for now."""
+    path = os.path.join(run.folder, "args.json")
+    if not os.path.isfile(path):
+        return
+    recorded = read_json(path)
+    wanted = vars(train_cli.build_parser().parse_args(run.argv))
+    differ = [k for k, v in wanted.items()
+              if k not in EXECUTION_ONLY and k in recorded and _same(v) != _same(recorded[k])]
+    if differ:
+        changes = ", ".join(f"--{k} {recorded[k]!r} -> {wanted[k]!r}" for k in differ)
+        raise StiltsError(f"{run.folder}: this finished run used other settings ({changes}); "
+                          f"use a new --output_dir, or delete that folder to redo it")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _same(value):
+    """A value as args.json stores it, with paths made absolute, for comparing settings."""
+    value = json.loads(json.dumps(value))
+    return os.path.realpath(value) if isinstance(value, str) and os.path.exists(value) else value
+
+
+def train_command():
+    if os.path.isfile(TRAIN_PY):
+        return [sys.executable, TRAIN_PY]
+    return [sys.executable, "-m", "stilts.cli.train"]  # installed without the repository's glue/ folder
+
+
+def execute(run, number, total):
+    """Run one glue/train.py subprocess unless it already finished; True if it ran."""
+    prefix = f"stilts-run [{number}/{total}] {run.label}"
+    if run.finished():
+        print(f"{prefix}: skip (finished): {run.folder}", flush=True)
+        return False
+    argv = list(run.argv)
+    if os.path.isdir(run.folder) and os.listdir(run.folder):  # left half-done by a crash: redo it
+        print(f"{prefix}: redoing the unfinished run in {run.folder}", flush=True)
+        argv.append("--force-overwrite")
+    command = train_command() + argv
+    print(f"{prefix}: {shlex.join(command)}", flush=True)
+    started = time.monotonic()
+    returncode = subprocess.run(command).returncode
+    if returncode != 0:
+        raise StiltsError(f"{run.label} failed (exit status {returncode}; see above). Repeat the same command "
+                          f"to resume: finished runs are kept")
+    if not run.finished():
+        raise StiltsError(f"{run.label}: glue/train.py ended without writing {', '.join(run.outputs)} "
+                          f"in {run.folder}")
+    print(f"{prefix}: done in {format_seconds(time.monotonic() - started)}", flush=True)
+    return True
+
+
+def format_seconds(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def majority_baselines(args):
+    """Each target's dev metric when always predicting the most frequent training label."""
+    out = {}
+    for target in args.targets:
+        task = get_task(target)
+        folder = data_dir(args, target)
+        train_labels = [e.label for e in read_examples(task, "train", folder)]
+        dev_labels = [e.label for e in read_examples(task, "dev", folder)]
+        out[target] = majority_baseline(task.name, train_labels, dev_labels)[task.metric]
+    return out
+
+
+def run_value(run):
+    """The run's dev score on its task's metric, from its val_metrics.json."""
+    path = os.path.join(run.folder, "val_metrics.json")
+    metric = get_task(run.task).metric
+    try:
+        return float(read_json(path)["metrics"][metric])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StiltsError(f"{path}: no dev {metric} in it ({type(e).__name__}: {e})") from None
+
+
+def summarize(args, runs, baselines):
+    """The summary.json dict; run folders are given relative to the study folder."""
+    summary = {"intermediate": args.intermediate, "targets": {}}
+    for target in args.targets:
+        entry = {"majority_baseline": baselines[target]}
+        for variant in VARIANTS:
+            mine = [r for r in runs if r.task == target and r.variant == variant]
+            if mine:
+                entry[variant] = variant_summary(args, target, mine, baselines[target])
+        summary["targets"][target] = entry
+    return summary
+
+
+def variant_summary(args, target, runs, baseline):
+    values = np.array([run_value(r) for r in runs])
+    best = int(np.nanargmax(values)) if not np.isnan(values).all() else 0  # first of equal bests
+    # NaN (a diverged run) is never above the baseline, so it counts as degenerate.
+    degenerate = int(sum(not v > baseline + DEGENERATE_TOLERANCE for v in values))
+    return {
+        "metric": get_task(target).metric,
+        "runs": [{"seed": r.seed, "dir": relative(args, r.folder), "value": float(v)} for r, v in zip(runs, values)],
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,  # sample standard deviation
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "degenerate": degenerate,
+        "best_dir": relative(args, runs[best].folder),
+    }
+
+
+def relative(args, folder):
+    return os.path.relpath(folder, args.output_dir).replace(os.sep, "/")
+
+
+def export_best(args, summary, runs):
+    """Copy the test predictions of each target's best dev run (either variant) into
+    OUT/submission_input/<target>/, the layout the submission export reads."""
+    for target, entry in summary["targets"].items():
+        candidates = [run for variant in VARIANTS if variant in entry for run in entry[variant]["runs"]]
+        best = max(candidates, key=lambda run: -np.inf if np.isnan(run["value"]) else run["value"])
+        source = os.path.join(args.output_dir, best["dir"])
+        names = [n for n in ("test_preds.csv", "mm_test_preds.csv") if os.path.isfile(os.path.join(source, n))]
+        if not names:
+            entry["submission_from"] = None
+            continue
+        dest = os.path.join(args.output_dir, "submission_input", target)
+        os.makedirs(dest, exist_ok=True)
+        for name in names:
+            with open(os.path.join(source, name), "rb") as f_in, atomic_write(os.path.join(dest, name), "wb") as f_out:
+                shutil.copyfileobj(f_in, f_out)
+        entry["submission_from"] = best["dir"]
+
+
+def markdown(args, summary):
+    lines = [f"# STILTs study: intermediate task {summary['intermediate']}", "",
+             "Dev-set scores (x100) over restarts; a run is degenerate when it scores at or below the "
+             "majority-class baseline.", "",
+             "| target | variant | metric | mean ± std | min | max | degenerate/restarts | best run |",
+             "|---|---|---|---|---|---|---|---|"]
+    for target, entry in summary["targets"].items():
+        for variant in VARIANTS:
+            if variant in entry:
+                s = entry[variant]
+                lines.append(f"| {target} | {variant} | {s['metric']} | {100 * s['mean']:.1f} ± {100 * s['std']:.1f} "
+                             f"| {100 * s['min']:.1f} | {100 * s['max']:.1f} | {s['degenerate']}/{len(s['runs'])} "
+                             f"| {s['best_dir']} |")
+    lines.append("")
+    lines.append("Majority-class baseline (dev): " + "; ".join(
+        f"{t} {get_task(t).metric} {100 * e['majority_baseline']:.1f}" for t, e in summary["targets"].items()))
+    stage_a = os.path.join(args.output_dir, f"intermediate_{args.intermediate}", "val_metrics.json")
+    if os.path.isfile(stage_a):
+        metrics = read_json(stage_a)["metrics"]
+        lines.append(f"Intermediate {args.intermediate} (dev): "
+                     + ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
+    exported = [f"{t} from {e['submission_from']}" for t, e in summary["targets"].items() if e.get("submission_from")]
+    if exported:
+        lines.append("Test predictions in submission_input/: " + "; ".join(exported))
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary, path):
+    """Dev score per restart, with and without STILTs, one panel per target; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    targets = summary["targets"]
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.5), squeeze=False)
+    for ax, (target, entry) in zip(axes[0], targets.items()):
+        for offset, variant in zip((-0.08, 0.08), VARIANTS):
+            if variant in entry:
+                runs = entry[variant]["runs"]
+                ax.plot([i + offset for i in range(len(runs))], [100 * r["value"] for r in runs], "o",
+                        label=variant)
+                ax.set_xticks(range(len(runs)), [str(r["seed"]) for r in runs])
+        ax.axhline(100 * entry["majority_baseline"], color="gray", linestyle="--", label="majority class")
+        ax.set_title(target)
+        ax.set_xlabel("restart (seed)")
+        ax.set_ylabel(f"dev {get_task(target).metric} (x100)")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_summary(args, runs, baselines):
+    summary = summarize(args, runs, baselines)
+    if not args.no_test:
+        export_best(args, summary, runs)
+    write_json(os.path.join(args.output_dir, "summary.json"), summary)
+    table = markdown(args, summary)
+    with atomic_write(os.path.join(args.output_dir, "summary.md")) as f:
+        f.write(table)
+    print(table)
+    png = os.path.join(args.output_dir, "summary.png")
+    if plot(summary, png):
+        print(f"wrote {os.path.join(args.output_dir, 'summary.md')}, summary.json and summary.png")
+    else:
+        print(f"wrote {os.path.join(args.output_dir, 'summary.md')} and summary.json "
+              f"(no summary.png: matplotlib is not installed; pip install matplotlib)")
+    return summary
+
+
+@report_errors
+def main(argv=None):
+    args, passthrough = parse_args(argv)
+    stage_a, runs = plan(args, passthrough)
+    check_before_training(stage_a, runs)
+    baselines = majority_baselines(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    started, ran = time.monotonic(), 0
+    total = 1 + len(runs)
+    for number, run in enumerate([stage_a] + runs, 1):
+        ran += execute(run, number, total)
+    print(f"stilts-run: {ran} run(s) done, {total - ran} skipped as finished, "
+          f"in {format_seconds(time.monotonic() - started)}", flush=True)
+    write_summary(args, runs, baselines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""stilts-run on a tiny random BERT and the fixture data: two targets, two restarts, --compare."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, REPO
+from stilts import pipeline
+from stilts.metrics import majority_baseline
+from stilts.tasks import get_task, read_examples
+
+TARGETS = ("rte", "stsb")  # a classification and a regression target
+SEEDS = (1, 2)
+TRAIN_FLAGS = ["--do_lower_case", "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
+               "--train_batch_size", "4", "--eval_batch_size", "64", "--max_seq_length", "64"]
+
+
+def study_argv(out, model, *extra):
+    return ["--intermediate", "mnli", "--targets", ",".join(TARGETS), "--restarts", str(len(SEEDS)), "--compare",
+            "--bert_model", model, "--glue_dir", FIXTURES, "--output_dir", str(out), *TRAIN_FLAGS, *extra]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_bert_dir):
+    """The study run as a user runs it: the console command in a subprocess."""
+    out = tmp_path_factory.mktemp("study") / "out"
+    env = dict(os.environ, STILTS_CACHE_DIR=str(out.parent / "cache"))
+    result = subprocess.run([sys.executable, "-m", "stilts.pipeline", *study_argv(out, tiny_bert_dir)],
+                            capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_dirs(out):
+    return {(t, v, s): out / t / v / f"seed_{s}" for t in TARGETS for v in pipeline.VARIANTS for s in SEEDS}
+
+
+def test_folder_layout_and_run_settings(study):
+    out, _ = study
+    checkpoint = out / "intermediate_mnli" / "all_state.p"
+    assert checkpoint.is_file()
+    assert read_json(out / "intermediate_mnli" / "args.json")["bert_save_mode"] == "model_all"
+    for (target, variant, seed), folder in run_dirs(out).items():
+        assert {"args.json", "val_metrics.json", "val_preds.csv", "test_preds.csv"} <= set(os.listdir(folder))
+        assert "all_state.p" not in os.listdir(folder), "target runs keep no checkpoint unless --do_save is passed"
+        args = read_json(folder / "args.json")
+        assert (args["task_name"], args["seed"]) == (target, seed)
+        assert args["data_dir"] == os.path.join(FIXTURES, get_task(target).folder)
+        if variant == "stilts":
+            assert (args["bert_load_mode"], args["bert_load_path"]) == ("state_model_only", str(checkpoint))
+        else:
+            assert (args["bert_load_mode"], args["bert_load_path"]) == ("from_pretrained", None)
+        assert args["learning_rate"] == 5e-5 and args["train_examples_number"] == 8  # pass-through reached it
+
+
+def test_summary_recomputed_from_val_metrics(study):
+    out, _ = study
+    summary = read_json(out / "summary.json")
+    assert set(summary) == {"intermediate", "targets"} and summary["intermediate"] == "mnli"
+    assert set(summary["targets"]) == set(TARGETS)
+    for target in TARGETS:
+        task = get_task(target)
+        folder = os.path.join(FIXTURES, task.folder)
+        train = [e.label for e in read_examples(task, "train", folder)]
+        dev = [e.label for e in read_examples(task, "dev", folder)]
+        baseline = majority_baseline(target, train, dev)[task.metric]
+        entry = summary["targets"][target]
+        assert entry["majority_baseline"] == pytest.approx(baseline)
+        for variant in pipeline.VARIANTS:
+            s = entry[variant]
+            assert set(s) == {"metric", "runs", "mean", "std", "min", "max", "degenerate", "best_dir"}
+            values = [read_json(out / target / variant / f"seed_{seed}" / "val_metrics.json")["metrics"][task.metric]
+                      for seed in SEEDS]
+            assert s["metric"] == task.metric
+            assert s["runs"] == [{"seed": seed, "dir": f"{target}/{variant}/seed_{seed}", "value": v}
+                                 for seed, v in zip(SEEDS, values)]
+            assert s["mean"] == pytest.approx(np.mean(values))
+            assert s["std"] == pytest.approx(np.std(values, ddof=1))
+            assert (s["min"], s["max"]) == (min(values), max(values))
+            assert s["degenerate"] == sum(v <= baseline + 1e-9 for v in values)
+            assert s["best_dir"] == f"{target}/{variant}/seed_{SEEDS[int(np.argmax(values))]}"
+
+
+def test_best_run_feeds_the_submission_input(study):
+    out, _ = study
+    summary = read_json(out / "summary.json")
+    for target in TARGETS:
+        entry = summary["targets"][target]
+        runs = entry["stilts"]["runs"] + entry["baseline"]["runs"]
+        best = max(runs, key=lambda r: r["value"])  # first of equal bests, STILTs first
+        assert entry["submission_from"] == best["dir"]
+        copied = (out / "submission_input" / target / "test_preds.csv").read_bytes()
+        assert copied == (out / best["dir"] / "test_preds.csv").read_bytes()
+        n_test = len(read_examples(get_task(target), "test", os.path.join(FIXTURES, get_task(target).folder)))
+        assert len(copied.decode().splitlines()) == n_test
+
+
+def test_table_plot_and_stdout(study):
+    out, result = study
+    table = (out / "summary.md").read_text()
+    assert table in result.stdout
+    summary = read_json(out / "summary.json")
+    for target in TARGETS:
+        for variant in pipeline.VARIANTS:
+            s = summary["targets"][target][variant]
+            row = (f"| {target} | {variant} | {s['metric']} | {100 * s['mean']:.1f} ± {100 * s['std']:.1f} "
+                   f"| {100 * s['min']:.1f} | {100 * s['max']:.1f} | {s['degenerate']}/2 | {s['best_dir']} |")
+            assert row in table
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out / "summary.png").exists() and "matplotlib is not installed" in result.stdout
+    else:
+        assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_skips_finished_runs_and_redoes_a_crashed_one(study, tiny_bert_dir, capfd):
+    out, first = study
+    assert "9 run(s) done, 0 skipped" in first.stdout
+    metrics_files = [folder / "val_metrics.json" for folder in run_dirs(out).values()]
+    before = {p: p.stat().st_mtime_ns for p in metrics_files}
+    checkpoint_time = (out / "intermediate_mnli" / "all_state.p").stat().st_mtime_ns
+
+    pipeline.main(study_argv(out, tiny_bert_dir))  # in-process: no run starts, so no subprocess
+    assert "0 run(s) done, 9 skipped as finished" in capfd.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in metrics_files} == before
+    assert (out / "intermediate_mnli" / "all_state.p").stat().st_mtime_ns == checkpoint_time
+
+    # A run that died before writing its metrics is redone in place; the others are kept.
+    crashed = out / "rte" / "baseline" / "seed_2"
+    (crashed / "val_metrics.json").unlink()
+    pipeline.main(study_argv(out, tiny_bert_dir))
+    resumed = capfd.readouterr().out
+    assert "1 run(s) done, 8 skipped as finished" in resumed
+    assert f"redoing the unfinished run in {crashed}" in resumed and "--force-overwrite" in resumed
+    assert (crashed / "val_metrics.json").is_file()
+    assert all(p.stat().st_mtime_ns == before[p] for p in metrics_files if p.parent != crashed)
+
+
+def run_main(capsys, *argv):
+    """pipeline.main in-process, for a command line it must refuse: (exit status, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        pipeline.main(list(argv))
+    return e.value.code, capsys.readouterr().err
+
+
+def test_changed_settings_are_refused_before_any_run(study, tiny_bert_dir, capsys):
+    out, _ = study
+    code, err = run_main(capsys, *study_argv(out, tiny_bert_dir, "--learning_rate", "1e-3"))
+    assert code == 2
+    assert "used other settings" in err and "--learning_rate 5e-05 -> 0.001" in err
+
+
+BASE = ["--intermediate", "mnli", "--targets", "rte", "--restarts", "2", "--bert_model", "x",
+        "--output_dir", "out", "--glue_dir", FIXTURES]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task_name", "rte"], "--task_name (pass-through flag): stilts-run sets it"),
+    (["--seed=3"], "--seed=3 (pass-through flag)"),
+    (["--intermediate_args", "--do_test --bf16"], "--do_test (--intermediate_args flag)"),
+    (["--no_such_flag", "1"], "not a stilts-run or glue/train.py flag: --no_such_flag 1"),
+    (["--seeds", "1,2,3"], "--restarts 2 but --seeds lists 3 seeds"),
+    (["--targets", "rte,nope"], "unknown task 'nope'"),
+])
+def test_bad_command_lines(capsys, extra, message):
+    code, err = run_main(capsys, *BASE, *extra)
+    assert code == 2 and message in err
+
+
+def test_missing_data_is_reported_before_training(capsys, tmp_path):
+    (tmp_path / "RTE").mkdir()
+    code, err = run_main(capsys, *BASE, "--glue_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"))
+    assert code == 2 and "MNLI/train.tsv: file not found" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_seeds():
+    assert pipeline.parse_seeds(None, 3) == [1, 2, 3]
+    assert pipeline.parse_seeds("7,3", None) == [7, 3]
+    for bad in ("1,1", "a", "-1"):
+        with pytest.raises(Exception, match="--seeds"):
+            pipeline.parse_seeds(bad, None)
+
+
+def test_degenerate_and_best_rules(tmp_path):
+    """At or below the baseline is degenerate (NaN too); ties go to the first run."""
+    class Args:
+        output_dir = str(tmp_path)
+
+    values = [0.6, 0.5, 0.6, 0.4, math.nan]
+    runs = []
+    for seed, value in enumerate(values):
+        folder = tmp_path / f"seed_{seed}"
+        folder.mkdir()
+        (folder / "val_metrics.json").write_text(json.dumps({"loss": 1.0, "metrics": {"acc": value}}))
+        runs.append(pipeline.Run(f"rte seed {seed}", str(folder), [], ("val_metrics.json",), "rte", "stilts", seed))
+    s = pipeline.variant_summary(Args, "rte", runs, baseline=0.5)
+    assert s["degenerate"] == 3  # 0.5 (equal), 0.4, NaN
+    assert s["best_dir"] == "seed_0"
+    assert [r["seed"] for r in s["runs"]] == [0, 1, 2, 3, 4]
