@@ -1,0 +1,313 @@
+"""Training and evaluation speed of stilts next to transformers' Trainer, on one GLUE task.
+
+    python scripts/benchmark.py --task rte --model .cache/models/all-MiniLM-L6-v2 [--bf16] [--json out.json]
+
+Five variants run one after another, each in a fresh subprocess (so that peak RSS is its own), on
+the same examples, with the same learning rate, batch size, epochs, warmup, weight decay and seed:
+
+  stilts                our Trainer: length-grouped batches, per-batch padding, length-sorted evaluation
+  stilts_fixed_pad      our Trainer forced to the seed's fixed padding to --max_seq_length, random batches
+  hf_trainer_fixed_pad  (c) transformers' Trainer as run_glue.py runs it by default (pad_to_max_length)
+  hf_trainer_dynamic    (d) Trainer with DataCollatorWithPadding (per-batch padding, random batches)
+  hf_trainer_grouped    (e) (d) with train_sampling_strategy="group_by_length"
+
+Only training and evaluation are timed (examples/s); model loading and tokenization are not.
+`wall_s` is the whole subprocess as a user waits for it (imports, loading, tokenizing included).
+`--bf16` switches our two variants to bfloat16 autocast; the Trainer variants stay at run_glue's
+fp32 defaults, so the ratios say what a user gains by switching tools.
+
+Useful FLOPs count the matrix multiplications over real (unpadded) tokens only. For an example of
+L tokens, with n layers, hidden size H, intermediate size I and C labels, one forward pass is
+
+    n * (2*L*(4*H*H + 2*H*I) + 4*L*L*H) + 2*(H*H + H*C)
+
+(per layer: the Q, K, V, output and two FFN projections on every token, then Q.K^T and attention.V;
+the pooler and classifier on [CLS] only); training costs 3 forward passes (forward + backward).
+Biases, LayerNorm, GELU, softmax and the embedding lookups are not counted. The useful FLOP/s is
+reported as a fraction of the matmul peak measured here with one large torch.matmul.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+VARIANTS = ("stilts", "stilts_fixed_pad", "hf_trainer_fixed_pad", "hf_trainer_dynamic", "hf_trainer_grouped")
+REFERENCES = {"hf_trainer_fixed_pad": "(c)", "hf_trainer_dynamic": "(d)", "hf_trainer_grouped": "(e)"}
+WARMUP_PROPORTION = 0.1
+WEIGHT_DECAY = 0.01
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", required=True, help="the seed's task name: rte, sst, cola, mrpc, stsb, qnli, ...")
+    p.add_argument("--model", required=True, help="a local model folder (config.json, vocab.txt, weights)")
+    p.add_argument("--glue_dir", default=os.environ.get("GLUE_DIR"), help="default $GLUE_DIR")
+    p.add_argument("--data_dir", default=None, help="the task folder (default: GLUE_DIR/<official folder>)")
+    p.add_argument("--max_train_examples", type=int, default=None, help="a seeded random subset, for short checks")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--train_batch_size", type=int, default=32)
+    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--learning_rate", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cased", action="store_true", help="keep case (default: lowercase, for uncased models)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the two stilts variants")
+    p.add_argument("--no_cuda", action="store_true", help="run every variant on the CPU")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--run_variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: the child process
+    p.add_argument("--result_path", help=argparse.SUPPRESS)
+    return p
+
+
+# ------------------------------------------------------------------------------------------ data
+def task_and_data(args):
+    from stilts.tasks import get_task, resolve_data_dir
+
+    task = get_task(args.task)
+    data_dir = args.data_dir or (os.path.join(args.glue_dir, task.folder) if args.glue_dir else None)
+    return task, resolve_data_dir(task, data_dir)
+
+
+def train_indices(n_examples, args):
+    """The training examples every variant uses: all, or the same seeded subset (file order)."""
+    if args.max_train_examples is None or args.max_train_examples >= n_examples:
+        return np.arange(n_examples)
+    return np.sort(np.random.default_rng(args.seed).choice(n_examples, args.max_train_examples, replace=False))
+
+
+def forward_flops(config, lengths, num_labels):
+    """Matmul FLOPs of one forward pass over examples of these unpadded lengths (see the module doc)."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer = 2 * lengths * (4 * h * h + 2 * h * i) + 4 * lengths ** 2 * h
+    return float(np.sum(n * per_layer + 2 * (h * h + h * num_labels)))
+
+
+# ------------------------------------------------------------------------------------------ child processes
+def run_stilts(args, task, data_dir):
+    import torch
+
+    from stilts import distributed
+    from stilts.checkpoints import load_weights
+    from stilts.features import load_features, load_tokenizer
+    from stilts.modeling import ModelSource, build_model
+    from stilts.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(args.seed)
+    source = ModelSource(args.model)
+    tokenizer = load_tokenizer(source.vocab(), do_lower_case=not args.cased)
+    model = build_model(source.config(), task)
+    load_weights(model, "from_pretrained", pretrained_state=source.pretrained_encoder_state())
+    train = load_features(task, "train", data_dir, tokenizer, args.max_seq_length)
+    train = train.subset(train_indices(len(train), args))
+    dev = load_features(task, "dev", data_dir, tokenizer, args.max_seq_length)
+
+    fixed = args.run_variant == "stilts_fixed_pad"
+    config = TrainConfig(train_batch_size=args.train_batch_size, eval_batch_size=args.train_batch_size,
+                         learning_rate=args.learning_rate, weight_decay=WEIGHT_DECAY,
+                         warmup_proportion=WARMUP_PROPORTION, num_train_epochs=args.epochs, seed=args.seed,
+                         group_by_length=not fixed, pad_to_max_length=fixed, max_seq_length=args.max_seq_length,
+                         precision="bf16" if args.bf16 else "fp32", verbose=False)
+    ctx = distributed.init_distributed(no_cuda=args.no_cuda)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = Trainer(model, task, config, ctx, output_dir, run_args={})
+        start = time.perf_counter()
+        trainer.train(train)
+        train_s = _elapsed(start, ctx.device)
+        start = time.perf_counter()
+        result = trainer.validate(dev)
+        eval_s = _elapsed(start, ctx.device)
+    return {"train_s": train_s, "eval_s": eval_s, "train_examples": len(train) * args.epochs,
+            "eval_examples": len(dev), "dev_metric": result["metrics"][task.metric],
+            "train_flops": 3 * args.epochs * forward_flops(model.bert.config, train.lengths, task.num_labels),
+            "precision": config.precision, "device": str(ctx.device)}
+
+
+def run_hf_trainer(args, task, data_dir):
+    """transformers' Trainer set up as run_glue.py does by default (fp32, no evaluation during training)."""
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments, default_data_collator, set_seed)
+    from transformers.utils import logging as hf_logging
+
+    from stilts.features import encode_labels
+    from stilts.metrics import compute_metrics, predictions_from_logits
+    from stilts.tasks import read_examples
+
+    hf_logging.set_verbosity_error()
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model, do_lower_case=not args.cased)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=task.num_labels)
+    fixed = args.run_variant == "hf_trainer_fixed_pad"
+
+    def dataset(examples):
+        texts = [[e.text_a for e in examples]]
+        if examples[0].text_b is not None:
+            texts.append([e.text_b for e in examples])
+        encoded = tokenizer(*texts, padding="max_length" if fixed else False, max_length=args.max_seq_length,
+                            truncation=True)
+        labels = encode_labels(examples, task).tolist()  # Python numbers: the collators infer dtypes from them
+        rows = [{key: encoded[key][j] for key in encoded} | {"label": labels[j]} for j in range(len(examples))]
+        return rows, [sum(row["attention_mask"]) for row in rows]
+
+    train_examples = read_examples(task, "train", data_dir)
+    train, train_lengths = dataset([train_examples[j] for j in train_indices(len(train_examples), args)])
+    dev, _ = dataset(read_examples(task, "dev", data_dir))
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        training_args = TrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=args.train_batch_size,
+            per_device_eval_batch_size=args.train_batch_size, learning_rate=args.learning_rate,
+            num_train_epochs=args.epochs, warmup_steps=WARMUP_PROPORTION, weight_decay=WEIGHT_DECAY, seed=args.seed,
+            eval_strategy="no", save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=True,
+            use_cpu=args.no_cuda,
+            train_sampling_strategy="group_by_length" if args.run_variant == "hf_trainer_grouped" else "random")
+        collator = default_data_collator if fixed else DataCollatorWithPadding(tokenizer)
+        trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
+                          processing_class=tokenizer)
+        device = training_args.device
+        start = time.perf_counter()
+        trainer.train()
+        train_s = _elapsed(start, device)
+        start = time.perf_counter()
+        output = trainer.predict(dev)
+        eval_s = _elapsed(start, device)
+    preds = predictions_from_logits(output.predictions, task.is_regression)
+    metrics = compute_metrics(task.name, preds, output.label_ids)
+    return {"train_s": train_s, "eval_s": eval_s, "train_examples": len(train) * args.epochs,
+            "eval_examples": len(dev), "dev_metric": metrics[task.metric],
+            "train_flops": 3 * args.epochs * forward_flops(model.config, train_lengths, task.num_labels),
+            "precision": "fp32", "device": str(device)}
+
+
+def _elapsed(start, device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def child_main(args):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    task, data_dir = task_and_data(args)
+    run = run_stilts if args.run_variant.startswith("stilts") else run_hf_trainer
+    result = run(args, task, data_dir)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    result["metric_name"] = task.metric
+    with open(args.result_path, "w") as f:
+        json.dump(result, f)
+
+
+# ------------------------------------------------------------------------------------------ parent process
+def matmul_peak(dtype, device):
+    """FLOP/s of the best of several large square matmuls (the ceiling any implementation can reach)."""
+    import torch
+
+    n, reps = (8192, 20) if device.type == "cuda" else (2048, 6)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(reps + 1):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, _elapsed(start, device))
+    return 2 * n ** 3 / best
+
+
+def run_variant(argv, variant, result_path):
+    """One variant in a fresh process; returns its result dict with the wall time added."""
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--run_variant", variant, "--result_path", result_path]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall_s = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"benchmark: variant {variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    with open(result_path) as f:
+        result = json.load(f)
+    result["wall_s"] = wall_s
+    result["train_examples_per_s"] = result["train_examples"] / result["train_s"]
+    result["eval_examples_per_s"] = result["eval_examples"] / result["eval_s"]
+    result["useful_train_flops_per_s"] = result["train_flops"] / result["train_s"]
+    return result
+
+
+def ratios(variants):
+    """Train and eval examples/s of every variant divided by those of each Trainer variant that ran."""
+    return {name: {kind: {ref: r[f"{kind}_examples_per_s"] / variants[ref][f"{kind}_examples_per_s"]
+                          for ref in REFERENCES if ref in variants}
+                   for kind in ("train", "eval")}
+            for name, r in variants.items()}
+
+
+def markdown(report):
+    peaks = report["matmul_peak_flops_per_s"]
+    metric = next(iter(report["variants"].values()))["metric_name"]
+    lines = [f"**{report['task']}**, {os.path.basename(report['model'].rstrip('/'))}, "
+             f"{report['train_examples']} train examples x {report['epochs']} epoch(s), batch "
+             f"{report['train_batch_size']}, max_seq_length {report['max_seq_length']}, device "
+             f"{report['device']}; matmul peak {peaks['fp32'] / 1e9:.0f} GFLOP/s fp32, "
+             f"{peaks['bf16'] / 1e9:.0f} GFLOP/s bf16",
+             "",
+             f"| variant | precision | train ex/s | eval ex/s | wall s | peak RSS MB | dev {metric} "
+             f"| useful train GFLOP/s | % of peak |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["variants"].items():
+        flops = r["useful_train_flops_per_s"]
+        lines.append(f"| {name} | {r['precision']} | {r['train_examples_per_s']:.1f} | "
+                     f"{r['eval_examples_per_s']:.1f} | {r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['dev_metric']:.4f} | {flops / 1e9:.1f} | {100 * flops / peaks[r['precision']]:.0f}% |")
+    refs = [ref for ref in REFERENCES if ref in report["variants"]]
+    if refs:
+        header = [f"{kind} vs {REFERENCES[ref]}" for kind in ("train", "eval") for ref in refs]
+        lines += ["", "| variant | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+        for name, by_kind in report["ratios"].items():
+            cells = [f"{by_kind[kind][ref]:.2f}x" for kind in ("train", "eval") for ref in refs]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.run_variant:
+        return child_main(args)
+    from stilts.errors import StiltsError
+
+    try:
+        task, data_dir = task_and_data(args)
+        missing = [task.path(split, data_dir) for split in ("train", "dev")
+                   if not os.path.isfile(task.path(split, data_dir))]
+    except StiltsError as e:
+        sys.exit(f"benchmark: {e}")
+    if missing:
+        sys.exit(f"benchmark: {missing[0]}: file not found")
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+    peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    variants = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.variants:
+            print(f"benchmark: running {name} ...", file=sys.stderr, flush=True)
+            variants[name] = run_variant(argv, name, os.path.join(tmp, f"{name}.json"))
+    report = {"task": task.name, "model": args.model, "device": str(device),
+              "train_examples": next(iter(variants.values()))["train_examples"] // args.epochs, "epochs": args.epochs,
+              "train_batch_size": args.train_batch_size, "max_seq_length": args.max_seq_length,
+              "learning_rate": args.learning_rate, "seed": args.seed, "bf16": args.bf16,
+              "matmul_peak_flops_per_s": peaks, "variants": variants, "ratios": ratios(variants)}
+    print(markdown(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

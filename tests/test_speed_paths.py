@@ -1,0 +1,256 @@
+"""The speed paths change nothing that is learned or predicted.
+
+Per-batch padding, length-grouped batches and length-sorted evaluation must give what the seed's
+fixed padding to max_seq_length gives, up to float noise; the features cache must be reused, and
+rebuilt whenever anything that changes the token ids changes. No timings here: speed is measured
+by scripts/benchmark.py.
+"""
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURES, REPO, VOCAB, make_tiny_bert
+from stilts import features as features_module
+from stilts.distributed import DistContext
+from stilts.features import collate, load_features, load_tokenizer
+from stilts.modeling import ModelSource, build_model
+from stilts.tasks import get_task
+from stilts.trainer import TrainConfig, Trainer, epoch_batches
+
+RTE = get_task("rte")
+RTE_DIR = os.path.join(FIXTURES, "RTE")
+MAX_LEN = 128
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(VOCAB, do_lower_case=True)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny random BERT without dropout, so that train-mode forwards are deterministic."""
+    folder = make_tiny_bert(tmp_path_factory.mktemp("tiny-no-dropout"), hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = build_model(ModelSource(folder).config(), RTE)
+    torch.nn.init.normal_(model.head.weight, std=3.0)  # logits that differ between examples
+    return model
+
+
+@pytest.fixture(scope="module")
+def dev_features(tokenizer):
+    features = load_features(RTE, "dev", RTE_DIR, tokenizer, MAX_LEN)
+    assert features.lengths.max() == MAX_LEN and features.lengths.min() < MAX_LEN // 2  # truncated and short rows
+    return features
+
+
+def make_trainer(model, tmp_path, **overrides):
+    settings = dict(eval_batch_size=8, learning_rate=1e-3, max_seq_length=MAX_LEN, verbose=False, seed=3)
+    settings.update(overrides)
+    return Trainer(copy.deepcopy(model), RTE, TrainConfig(**settings), DistContext(), str(tmp_path), run_args={})
+
+
+def spy_on_widths(monkeypatch):
+    """Record the padded width of every batch the trainer builds."""
+    widths = []
+    real_collate = features_module.collate
+
+    def collate(features, indices, pad_to=None):
+        batch = real_collate(features, indices, pad_to)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    monkeypatch.setattr("stilts.trainer.collate", collate)
+    return widths
+
+
+def score_alone(model, features):
+    """Logits of each example scored on its own: a batch of one, so no padding at all."""
+    model = copy.deepcopy(model).eval()
+    rows = []
+    with torch.inference_mode():
+        for i in range(len(features)):
+            batch = collate(features, [i])
+            rows.append(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]))
+    return torch.cat(rows).numpy()
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def test_sorted_dynamic_evaluation_predicts_as_fixed_padding(model, dev_features, tmp_path, monkeypatch):
+    widths = spy_on_widths(monkeypatch)
+    fixed_logits, fixed_loss = make_trainer(model, tmp_path, pad_to_max_length=True).predict(dev_features)
+    assert set(widths) == {MAX_LEN}
+    widths.clear()
+    logits, loss = make_trainer(model, tmp_path).predict(dev_features)
+    assert min(widths) < MAX_LEN // 2  # the test exercises narrow batches, not only full ones
+    assert widths == sorted(widths, reverse=True)  # batches were formed from length-sorted examples
+    np.testing.assert_allclose(logits, fixed_logits, rtol=1e-4, atol=1e-5)
+    assert loss == pytest.approx(fixed_loss, rel=1e-5)
+
+    # Restored to file order: row i is example i scored on its own, without any padding.
+    np.testing.assert_allclose(logits, score_alone(model, dev_features), rtol=1e-4, atol=1e-5)
+    assert np.ptp(logits[:, 0]) > 1e-3  # rows differ by far more than the tolerance
+
+
+def test_sdpa_attention_runs_with_padding_masks(model, dev_features, tmp_path, monkeypatch):
+    """Dynamic padding must not silently push transformers onto its eager attention path."""
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def sdpa(*args, **kwargs):
+        calls.append(kwargs.get("attn_mask"))
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+    trainer = make_trainer(model, tmp_path)
+    assert trainer.model.bert.config._attn_implementation == "sdpa"
+    trainer.predict(dev_features)
+    n_batches = -(-len(dev_features) // 8)
+    assert len(calls) == n_batches * trainer.model.bert.config.num_hidden_layers
+    assert any(mask is not None for mask in calls)  # padded batches pass their mask to SDPA
+
+
+# ----------------------------------------------------------------------------------------- training
+def test_one_step_on_the_same_batch_gives_the_same_weights(model, dev_features, tmp_path, monkeypatch):
+    widths = spy_on_widths(monkeypatch)
+    batch = np.flatnonzero(dev_features.lengths < 100)[:6]
+    lengths = dev_features.lengths[batch]
+    assert lengths.max() < MAX_LEN and len(set(lengths)) > 1  # padding differs between the two runs
+    updated = []
+    for pad in (True, False):
+        trainer = make_trainer(model, tmp_path, pad_to_max_length=pad)
+        trainer._make_optimizer(total_steps=1)
+        trainer.wrapped.train()
+        trainer._train_step(dev_features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
+        updated.append(dict(trainer.model.named_parameters()))
+    assert widths == [MAX_LEN, lengths.max()]
+    start = dict(model.named_parameters())
+    moved = 0
+    for name, before in start.items():
+        fixed, dynamic = updated[0][name].detach(), updated[1][name].detach()
+        torch.testing.assert_close(dynamic, fixed, rtol=1e-5, atol=1e-6, msg=name)
+        moved += int(not torch.equal(fixed, before.detach()))
+    assert moved > len(start) // 2  # the step did update the weights
+
+
+def test_epoch_batches_are_a_seeded_permutation_of_similar_lengths():
+    lengths = np.random.default_rng(0).integers(5, 129, size=5000)
+    batches = epoch_batches(lengths, 32, seed=7, epoch=0, group_by_length=True)
+    order = np.concatenate(batches)
+    assert sorted(order.tolist()) == list(range(len(lengths)))  # every example exactly once
+    assert sum(len(b) != 32 for b in batches) == 1  # one short batch: 5000 = 156 * 32 + 8
+
+    same = epoch_batches(lengths, 32, seed=7, epoch=0, group_by_length=True)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, same))  # a pure function of (seed, epoch)
+    next_epoch = np.concatenate(epoch_batches(lengths, 32, seed=7, epoch=1, group_by_length=True))
+    other_seed = np.concatenate(epoch_batches(lengths, 32, seed=8, epoch=0, group_by_length=True))
+    assert not np.array_equal(order, next_epoch) and not np.array_equal(order, other_seed)
+
+    def padded_over_real(batches):
+        return sum(len(b) * lengths[b].max() for b in batches) / lengths.sum()
+
+    random_batches = epoch_batches(lengths, 32, seed=7, epoch=0, group_by_length=False)
+    assert padded_over_real(batches) < 1.05 < 1.5 < padded_over_real(random_batches)
+    widths = [lengths[b].max() for b in batches]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)  # batch order stays random
+
+
+# ----------------------------------------------------------------------------------------- features cache
+def count_featurize_calls(monkeypatch):
+    calls = []
+    real = features_module.featurize
+
+    def featurize(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features_module, "featurize", featurize)
+    return calls
+
+
+def assert_same_features(a, b):
+    assert len(a) == len(b)
+    assert all(np.array_equal(x, y) for x, y in zip(a.input_ids, b.input_ids))
+    np.testing.assert_array_equal(a.segment_a_lengths, b.segment_a_lengths)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_features_cache_is_reused_and_rebuilt_when_its_key_changes(tokenizer, tmp_path, monkeypatch):
+    calls = count_featurize_calls(monkeypatch)
+    cache = str(tmp_path / "cache")
+    data = tmp_path / "RTE"
+    shutil.copytree(RTE_DIR, data)
+
+    def load(tok=tokenizer, max_len=MAX_LEN):
+        return load_features(RTE, "train", str(data), tok, max_len, cache_dir=cache)
+
+    first = load()
+    assert len(calls) == 1 and len(os.listdir(os.path.join(cache, "features"))) == 1
+    assert_same_features(load(), first)
+    assert len(calls) == 1  # second call: read from the cache, not re-tokenized
+
+    cased = load_tokenizer(VOCAB, do_lower_case=False)
+    cased_features = load(tok=cased)
+    assert len(calls) == 2  # another casing: re-tokenized, not the uncased entry
+    assert not all(np.array_equal(x, y) for x, y in zip(cased_features.input_ids, first.input_ids))
+    assert_same_features(cased_features, load_features(RTE, "train", str(data), cased, MAX_LEN))
+    assert len(calls) == 3  # (the uncached reference above)
+
+    short = load(max_len=64)
+    assert len(calls) == 4 and short.lengths.max() == 64
+
+    vocab = tmp_path / "vocab.txt"
+    words = open(VOCAB, encoding="utf-8").read().splitlines()
+    words[words.index("cat")] = "kat"  # one changed entry: another vocabulary
+    vocab.write_text("\n".join(words) + "\n", encoding="utf-8")
+    load(tok=load_tokenizer(str(vocab), do_lower_case=True))
+    assert len(calls) == 5
+
+    train = data / "train.tsv"
+    lines = train.read_text(encoding="utf-8").splitlines(keepends=True)
+    train.write_text("".join(lines[:-1]), encoding="utf-8")  # same name, one row fewer
+    assert len(load()) == len(first) - 1
+    assert len(calls) == 6
+    assert len(os.listdir(os.path.join(cache, "features"))) == 5  # one entry per distinct key
+
+    load()
+    assert len(calls) == 6  # and the newest entry is reused in turn
+
+
+# ----------------------------------------------------------------------------------------- the scripts
+def test_benchmark_runs_and_reports_every_variant(tiny_bert_dir, tmp_path):
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate (pip install -e .[bench])")
+    variants = ["stilts", "stilts_fixed_pad", "hf_trainer_grouped"]
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "benchmark.py"), "--task", "rte",
+                             "--model", tiny_bert_dir, "--glue_dir", FIXTURES, "--max_train_examples", "24",
+                             "--variants", *variants, "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["task"] == "rte" and report["train_examples"] == 24 and list(report["variants"]) == variants
+    for r in report["variants"].values():
+        assert r["train_examples_per_s"] > 0 and r["eval_examples_per_s"] > 0 and r["peak_rss_mb"] > 0
+        assert r["wall_s"] > 0 and 0 <= r["dev_metric"] <= 1
+    assert report["ratios"]["stilts"]["train"]["hf_trainer_grouped"] > 0
+    assert report["ratios"]["hf_trainer_grouped"]["eval"]["hf_trainer_grouped"] == pytest.approx(1.0)
+    assert "| stilts_fixed_pad | fp32 |" in result.stdout and "train vs (e)" in result.stdout
+
+
+def test_gpu_throughput_smoke_on_cpu(tiny_bert_dir, tmp_path):
+    out = tmp_path / "throughput.json"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "gpu_throughput.py"), "--device", "cpu",
+                             "--models", os.path.join(tiny_bert_dir, "config.json"), "--precisions", "fp32", "bf16",
+                             "--steps", "2", "--warmup", "0", "--batch_size", "4", "--seq_len", "16",
+                             "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (by_precision,) = json.loads(out.read_text())["results"].values()
+    assert set(by_precision) == {"fp32", "bf16"}
+    assert all(r["train_examples_per_s"] > 0 for r in by_precision.values())
