@@ -15,7 +15,7 @@ BENCH_ARGS ?=
 setup:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[dev,bench]"
+	$(PY) -m pip install -e ".[dev,bench,plot]"
 
 # Offline: the tests must never reach the Hugging Face Hub.
 test:

@@ -33,7 +33,7 @@ def _run_adapter(dropout_module, inputs, output):
 
 def add_adapters(bert, config):
     """Insert an adapter after the dropout of every BertSelfOutput and BertOutput of `bert`."""
-    for module in bert.modules():
+    for module in list(bert.modules()):  # a list: the loop adds modules
         if isinstance(module, (BertSelfOutput, BertOutput)):
             module.adapter = Adapter(config.hidden_size, config.adapter_size,
                                      config.adapter_initializer_range, getattr(config, "adapter_act", "gelu"))

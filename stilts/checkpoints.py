@@ -8,9 +8,9 @@ Load modes (`--bert_load_mode`), as in zphang/bert_on_stilts:
   full_model_only   whole model (head kept) from a plain state dict file
   state_full_model  whole model (head kept) from an all_state.p
   state_all         whole model + optimizer + schedule + training position: resume
-  state_adapter     base BERT weights (`--bert_base_path`, or the seed's
-                    `--bert_load_args bert_model_path:FILE`) + the adapter checkpoint
-With a base file, any mode first loads the base encoder and then the checkpoint on top, so
+  state_adapter     base BERT weights (`--bert_base_path` file or model folder, or the seed's
+                    `--bert_load_args bert_model_path:FILE`) + the adapter checkpoint (head kept)
+With a base, any mode first loads the base encoder and then the checkpoint on top, so
 checkpoints that hold only the trained parameters (save modes `tunable`, `model_tunable`) load.
 
 Save modes (`--bert_save_mode`): `all` and `tunable` store model + optimizer (+ scheduler, grad
@@ -18,13 +18,14 @@ scaler and training position for resuming; the seed's save_bert forgot the optim
 `model_*` modes store the model alone; `*_tunable` keep only parameters with requires_grad.
 A checkpoint is `{"args", "model", ["optimizer", "scheduler", "scaler", "train_state"]}`.
 """
+import os
 import re
 
 import torch
 
 from stilts.errors import StiltsError
 from stilts.io import load_checkpoint
-from stilts.modeling import read_weights, to_cpu_state, unwrap
+from stilts.modeling import ModelSource, read_weights, to_cpu_state, unwrap
 
 LOAD_MODES = ("from_pretrained", "model_only", "state_model_only", "full_model_only",
               "state_full_model", "state_all", "state_adapter")
@@ -42,7 +43,7 @@ def check_modes(load_mode, save_mode):
 
 
 def base_path_from_args(bert_base_path, bert_load_args):
-    """`--bert_base_path FILE`, or the seed's `--bert_load_args bert_model_path:FILE`."""
+    """`--bert_base_path FILE_OR_FOLDER`, or the seed's `--bert_load_args bert_model_path:FILE`."""
     if bert_base_path:
         return bert_base_path
     if bert_load_args:
@@ -51,6 +52,16 @@ def base_path_from_args(bert_base_path, bert_load_args):
             raise StiltsError(f"--bert_load_args {bert_load_args!r}: expected the form bert_model_path:FILE")
         return bert_load_args[len(prefix):]
     return None
+
+
+def read_base(path):
+    """Base BERT weights: a state dict file (the seed used the pretrained pytorch_model.bin; also
+    .p/.pt/.safetensors) or a model folder such as the one given as --bert_model."""
+    if os.path.isdir(path):
+        return ModelSource(path).pretrained_encoder_state()
+    if not os.path.isfile(path):
+        raise StiltsError(f"{path}: base BERT weights not found (--bert_base_path / --bert_load_args)")
+    return read_weights(path)
 
 
 def normalize_keys(state_dict):
@@ -91,13 +102,16 @@ def load_into(model, state_dict, source, keep_head, partial=False):
             raise StiltsError(f"{source}: its head {other_head[0]!r} does not fit this task's model "
                               f"(a {model.head_name}); use --bert_load_mode state_model_only or model_only "
                               f"to start a new head")
-        raise StiltsError(f"{source}: does not fit the model: unexpected keys {unexpected[:3]} "
-                          f"(a checkpoint of another architecture?)")
+        hint = ("an adapter checkpoint: give the adapter config it was trained with, --bert_config_json_path"
+                if any(".adapter." in k for k in unexpected) else "a checkpoint of another architecture?")
+        raise StiltsError(f"{source}: does not fit the model: unexpected keys {unexpected[:3]} ({hint})")
     for key, value in state_dict.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            what = "head" if not key.startswith("bert.") else "weights"
-            hint = (" use --bert_load_mode state_model_only or model_only to start a new head"
-                    if what == "head" else " (another model size? check --bert_model / --bert_config_json_path)")
+            what = "head" if not key.startswith("bert.") else "adapter" if ".adapter." in key else "weights"
+            hint = {"head": " use --bert_load_mode state_model_only or model_only to start a new head",
+                    "adapter": " another adapter_size? use the adapter config it was trained with "
+                               "(--bert_config_json_path)",
+                    "weights": " (another model size? check --bert_model / --bert_config_json_path)"}[what]
             raise StiltsError(f"{source}: {what} {key!r} has shape {list(value.shape)} but the model "
                               f"needs {list(expected[key].shape)};{hint}")
     if not partial:
@@ -116,11 +130,11 @@ def load_weights(model, load_mode, load_path=None, base_path=None, pretrained_st
     """Fill `model` for a load mode; returns the checkpoint dict (state_all needs the rest of it)."""
     partial = False
     if base_path:
-        load_into(model, read_weights(base_path), base_path, keep_head=False)
+        load_into(model, read_base(base_path), base_path, keep_head=False)
         partial = True
     elif load_mode == "state_adapter":
-        raise StiltsError("--bert_load_mode state_adapter needs the base BERT weights: "
-                          "--bert_base_path FILE (or --bert_load_args bert_model_path:FILE)")
+        raise StiltsError("--bert_load_mode state_adapter needs the base BERT weights: --bert_base_path "
+                          "FILE_OR_FOLDER, e.g. the --bert_model folder (or --bert_load_args bert_model_path:FILE)")
     if load_mode == "from_pretrained":
         if not partial:
             load_into(model, pretrained_state, "pretrained weights", keep_head=False)
