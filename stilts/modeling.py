@@ -8,9 +8,10 @@ import os
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import AttentionInterface, BertConfig, BertModel
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from stilts import adapters
+from stilts import adapters, dropout
 from stilts.errors import StiltsError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +25,10 @@ GOOGLE_FOLDERS = {
 }
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
+# SDPA with stilts' cheap CPU dropout mask (see dropout.py); it takes SDPA's masks.
+AttentionInterface.register(dropout.ATTENTION_IMPLEMENTATION, dropout.attention)
+AttentionMaskInterface.register(dropout.ATTENTION_IMPLEMENTATION, sdpa_mask)
+
 
 class BertForGlue(nn.Module):
     """BERT encoder + dropout + linear head on the pooled [CLS] output (the seed's heads)."""
@@ -31,9 +36,14 @@ class BertForGlue(nn.Module):
     def __init__(self, config, num_labels, regression=False):
         super().__init__()
         self.bert = BertModel(config, add_pooling_layer=True)
+        self.bert.set_attn_implementation(dropout.ATTENTION_IMPLEMENTATION)
+        for module in list(self.bert.modules()):  # hidden-state dropouts draw the cheap CPU mask
+            for name, child in module.named_children():
+                if isinstance(child, nn.Dropout):
+                    setattr(module, name, dropout.Dropout(child.p))
         if getattr(config, "use_adapter", False):
             adapters.add_adapters(self.bert, config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = dropout.Dropout(config.hidden_dropout_prob)
         head = nn.Linear(config.hidden_size, num_labels)
         head.weight.data.normal_(mean=0.0, std=config.initializer_range)
         head.bias.data.zero_()
