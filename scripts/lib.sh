@@ -23,6 +23,16 @@ export GLUE_DIR
 # The seed README's settings: batch 24, learning rate 2e-5, 3 epochs, uncased input.
 RECOMMENDED=(--do_lower_case --train_batch_size 24 --learning_rate 2e-5 --num_train_epochs 3)
 
+# need_args N USAGE "$@": stop with USAGE (exit 2) unless at least N arguments were given.
+need_args() {
+    local n="$1" usage="$2"
+    shift 2
+    if (( $# < n )); then
+        echo "usage: $usage" >&2
+        exit 2
+    fi
+}
+
 train_py() {
     "$PYTHON" "$STILTS_ROOT/glue/train.py" "$@"
 }

@@ -6,10 +6,7 @@
 # --bert_load_mode state_full_model. Output: $OUTPUT_DIR/TASK_predict (val_metrics.json, val_preds.csv,
 # test_preds.csv). Environment and defaults: scripts/lib.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-if (( $# < 2 )); then
-    echo "usage: scripts/predict.sh TASK CHECKPOINT [glue/train.py flags]" >&2
-    exit 2
-fi
+need_args 2 "scripts/predict.sh TASK CHECKPOINT [glue/train.py flags]" "$@"
 task="$1" checkpoint="$2"
 shift 2
 train_py --task_name "$task" --do_val --do_test --do_lower_case --bert_model "$BERT_MODEL" \

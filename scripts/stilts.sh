@@ -6,10 +6,7 @@
 # Stage B trains TARGET from stage A's encoder (a new head) into $OUTPUT_DIR/INTERMEDIATE__TARGET.
 # Environment and defaults: scripts/lib.sh. For restarts and a comparison without STILTs, see stilts-run.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-if (( $# < 2 )); then
-    echo "usage: scripts/stilts.sh INTERMEDIATE TARGET [glue/train.py flags]" >&2
-    exit 2
-fi
+need_args 2 "scripts/stilts.sh INTERMEDIATE TARGET [glue/train.py flags]" "$@"
 intermediate="$1" target="$2"
 shift 2
 stage_a="$OUTPUT_DIR/$intermediate"

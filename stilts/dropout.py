@@ -19,12 +19,12 @@ _LANES = 2 ** 16
 _INT64_MIN = torch.iinfo(torch.int64).min
 
 
-def keep_mask(shape, p):
-    """A boolean tensor of `shape` on the CPU, each element True with probability 1 - p."""
+def keep_mask(shape, p, dtype=torch.bool):
+    """A CPU tensor of `shape`: 1 (True) with probability 1 - p, else 0, drawn in one pass of `dtype`."""
     n = shape.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(_INT64_MIN, None)  # all 64 bits random
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-2**15, 2**15)
-    return lanes < round((1.0 - p) * _LANES) - _LANES // 2
+    return torch.lt(lanes, round((1.0 - p) * _LANES) - _LANES // 2, out=torch.empty(shape, dtype=dtype))
 
 
 def dropout(x, p, training=True):
@@ -33,7 +33,7 @@ def dropout(x, p, training=True):
         return nn.functional.dropout(x, p, training)
     if p == 1.0:
         return x * 0.0
-    scale = keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))  # the backward multiplies by it too
+    scale = keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))  # the backward multiplies by it too
     return x * scale
 
 
