@@ -20,7 +20,7 @@ _INT64_MIN = torch.iinfo(torch.int64).min
 
 
 def keep_mask(shape, p, dtype=torch.bool):
-    """A CPU tensor of `shape`: 1 (True) with probability 1 - p, else 0, drawn in one pass of `dtype`."""
+    """A CPU tensor of `shape`: 1 (True) with probability 1 - p, else 0, written straight in `dtype`."""
     n = shape.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(_INT64_MIN, None)  # all 64 bits random
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-2**15, 2**15)
@@ -59,7 +59,11 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
 
 
 def math_attention(query, key, value, attention_mask, p, scaling=None):
-    """softmax(q k^T * scaling + mask) v with dropout on the probabilities; (batch, length, heads, dim)."""
+    """softmax(q k^T * scaling + mask) v, with dropout on the probabilities.
+
+    query, key, value: (batch, heads, length, head dim); returns (batch, length, heads, head dim),
+    the layout transformers' attention functions return.
+    """
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     scores = torch.matmul(query * scaling, key.transpose(-2, -1))
