@@ -78,3 +78,23 @@ def test_cpu_training_forward_uses_the_cheap_dropout(tiny_bert_dir, monkeypatch)
     model.eval()
     model(ids, mask, torch.zeros_like(ids))
     assert sdpa_dropouts == [0.0] * model.bert.config.num_hidden_layers  # evaluation: SDPA's fused kernels
+
+
+def test_math_attention_gradients_match_masking_and_dropout_done_plainly():
+    """The in-place mask outside autograd and the 1/(1-p) moved onto the values change nothing."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 8, requires_grad=True) for _ in range(3))
+    mask = (torch.arange(7)[None, :] < torch.tensor([7, 4, 2])[:, None])[:, None, None, :].expand(3, 1, 7, 7)
+    upstream = torch.randn(3, 7, 2, 8)
+
+    torch.manual_seed(1)
+    out = dropout.math_attention(q, k, v, mask, p=0.3)
+    grads = torch.autograd.grad(out, (q, k, v), upstream)
+
+    torch.manual_seed(1)
+    keep = dropout.keep_mask(torch.Size([3, 2, 7, 7]), 0.3, torch.float32)  # the same draw
+    scores = (q @ k.transpose(-2, -1) / 8 ** 0.5).masked_fill(~mask, torch.finfo(torch.float32).min)
+    expected = (torch.softmax(scores, -1) * keep / 0.7 @ v).transpose(1, 2)
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(grads, torch.autograd.grad(expected, (q, k, v), upstream)):
+        torch.testing.assert_close(got, want)

@@ -254,3 +254,27 @@ def test_gpu_throughput_smoke_on_cpu(tiny_bert_dir, tmp_path):
     (by_precision,) = json.loads(out.read_text())["results"].values()
     assert set(by_precision) == {"fp32", "bf16"}
     assert all(r["train_examples_per_s"] > 0 for r in by_precision.values())
+
+
+def test_kept_embedding_gradient_buffer_gives_torchs_gradient():
+    """reuse_gradient_buffer: the same dense gradient as a plain nn.Embedding, in one buffer that
+    every step reuses, and gradient accumulation over two backward passes still sums."""
+    from stilts.trainer import reuse_gradient_buffer
+
+    torch.manual_seed(0)
+    plain = torch.nn.Embedding(50, 6)
+    kept = copy.deepcopy(plain)
+    reuse_gradient_buffer(kept)
+    buffers = set()
+    for step in range(3):
+        ids = torch.randint(0, 50, (4, 9))  # repeated ids: their rows must sum
+        upstream = torch.randn(4, 9, 6)
+        for embedding in (plain, kept):
+            embedding.weight.grad = None
+            embedding(ids).backward(upstream)
+            if step == 2:  # a second micro batch adds to the first
+                embedding(ids[:, :3]).backward(upstream[:, :3])
+        assert not kept.weight.grad.is_sparse
+        torch.testing.assert_close(kept.weight.grad, plain.weight.grad)
+        buffers.add(kept.weight.grad.data_ptr())
+    assert len(buffers) == 1
