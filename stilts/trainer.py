@@ -89,16 +89,20 @@ def reuse_gradient_buffer(embedding):
     optimizer see the same dense gradient as before. A second micro batch (gradient accumulation)
     finds the dense gradient already there and autograd adds into it directly.
     """
-    if not embedding.weight.requires_grad:  # frozen (adapters)
+    if not embedding.weight.requires_grad or embedding.sparse:  # frozen (adapters), or done already
         return
-    buffer = torch.zeros_like(embedding.weight)
+    buffer = None  # made at the first backward: evaluation-only runs never need it
 
     def densify(weight):
-        if weight.grad.is_sparse:
-            sparse = weight.grad
+        nonlocal buffer
+        if not weight.grad.is_sparse:
+            return
+        if buffer is None:
+            buffer = torch.zeros_like(weight)
+        else:
             buffer.zero_()
-            buffer.index_add_(0, sparse._indices()[0], sparse._values())
-            weight.grad = buffer
+        buffer.index_add_(0, weight.grad._indices()[0], weight.grad._values())
+        weight.grad = buffer
 
     embedding.sparse = True
     embedding.weight.register_post_accumulate_grad_hook(densify)
