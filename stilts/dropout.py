@@ -11,6 +11,8 @@ torch RNG state replay the same masks: there is no second RNG state to save.
 On CUDA, and whenever dropout is off, everything here defers to torch (fused Philox dropout,
 scaled_dot_product_attention).
 """
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -55,19 +57,17 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     """transformers' attention function: SDPA (without cuDNN's kernels on GPUs), except CPU
     training with dropout.
 
-    There SDPA runs its unfused math path anyway (its CPU kernels have no dropout), with a
-    bernoulli mask and a NaN-safe softmax that costs three more passes. This is the same
-    computation with the cheap mask. BERT never masks a whole row ([CLS] is always attended),
+    In CPU training with dropout, SDPA runs its unfused math path anyway (its CPU kernels have no
+    dropout), with a bernoulli mask and a NaN-safe softmax that costs three more passes. This is
+    the same computation with the cheap mask. BERT never masks a whole row ([CLS] is always attended),
     so the plain softmax is safe.
     """
-    if query.device.type == "cuda":
-        with sdpa_kernel(_CUDA_BACKENDS):
-            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                          scaling=scaling, **kwargs)
-    if not (module.training and 0.0 < dropout < 1.0 and query.device.type == "cpu"):
+    if module.training and 0.0 < dropout < 1.0 and query.device.type == "cpu":
+        return math_attention(query, key, value, attention_mask, dropout, scaling), None
+    backends = sdpa_kernel(_CUDA_BACKENDS) if query.device.type == "cuda" else contextlib.nullcontext()
+    with backends:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    return math_attention(query, key, value, attention_mask, dropout, scaling), None
 
 
 def math_attention(query, key, value, attention_mask, p, scaling=None):
