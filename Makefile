@@ -10,16 +10,20 @@ export STILTS_MODEL_DIR ?= $(CURDIR)/.cache/models
 MODEL ?= $(STILTS_MODEL_DIR)/all-MiniLM-L6-v2
 BENCH_ARGS ?=
 
-.PHONY: setup test model demo bench
+.PHONY: setup test test-slow model demo bench
 
 setup:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -e ".[dev,bench,plot]"
 
-# Offline: the tests must never reach the Hugging Face Hub.
+# Offline: the tests must never reach the Hugging Face Hub. `make test` leaves out the tests marked
+# slow (real learning, the demo, benchmarks, several processes); `make test-slow` runs just those.
 test:
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+test-slow:
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow tests
 
 model:
 	PYTHON=$(PY) bash scripts/fetch_minilm.sh

@@ -24,7 +24,10 @@ L tokens, with n layers, hidden size H, intermediate size I and C labels, one fo
 (per layer: the Q, K, V, output and two FFN projections on every token, then Q.K^T and attention.V;
 the pooler and classifier on [CLS] only); training costs 3 forward passes (forward + backward).
 Biases, LayerNorm, GELU, softmax and the embedding lookups are not counted. The useful FLOP/s is
-reported as a fraction of the matmul peak measured here with one large torch.matmul.
+reported as a fraction of the matmul peak measured here with one large torch.matmul, in each
+precision that a variant runs in: the JSON's bf16 peak is null when none runs in bf16 (without
+bf16 instructions one 2048^3 bf16 matmul takes a minute on a CPU), as is the fp32 peak when none
+runs in fp32. `--bf16` on a CPU without bf16 instructions also prints stilts' one-line warning.
 """
 import argparse
 import json
@@ -83,6 +86,11 @@ def train_indices(n_examples, args):
     return np.sort(np.random.default_rng(args.seed).choice(n_examples, args.max_train_examples, replace=False))
 
 
+def precision(args, variant):
+    """bf16 for our two variants under --bf16; the Trainer variants always run in fp32."""
+    return "bf16" if args.bf16 and variant.startswith("stilts") else "fp32"
+
+
 def forward_flops(config, lengths, num_labels):
     """Matmul FLOPs of one forward pass over examples of these unpadded lengths (see the module doc)."""
     lengths = np.asarray(lengths, dtype=np.float64)
@@ -115,7 +123,7 @@ def run_stilts(args, task, data_dir):
                          learning_rate=args.learning_rate, weight_decay=WEIGHT_DECAY,
                          warmup_proportion=WARMUP_PROPORTION, num_train_epochs=args.epochs, seed=args.seed,
                          group_by_length=not fixed, pad_to_max_length=fixed, max_seq_length=args.max_seq_length,
-                         precision="bf16" if args.bf16 else "fp32", verbose=False)
+                         precision=precision(args, args.run_variant), verbose=False)
     ctx = distributed.init_distributed(no_cuda=args.no_cuda)
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = Trainer(model, task, config, ctx, output_dir, run_args={})
@@ -250,11 +258,11 @@ def ratios(variants):
 def markdown(report):
     peaks = report["matmul_peak_flops_per_s"]
     metric = next(iter(report["variants"].values()))["metric_name"]
+    measured = ", ".join(f"{peak / 1e9:.0f} GFLOP/s {name}" for name, peak in peaks.items() if peak is not None)
     lines = [f"**{report['task']}**, {os.path.basename(report['model'].rstrip('/'))}, "
              f"{report['train_examples']} train examples x {report['epochs']} epoch(s), batch "
              f"{report['train_batch_size']}, max_seq_length {report['max_seq_length']}, device "
-             f"{report['device']}; matmul peak {peaks['fp32'] / 1e9:.0f} GFLOP/s fp32, "
-             f"{peaks['bf16'] / 1e9:.0f} GFLOP/s bf16",
+             f"{report['device']}; matmul peak {measured}",
              "",
              f"| variant | precision | train ex/s | eval ex/s | wall s | peak RSS MB | dev {metric} "
              f"| useful train GFLOP/s | % of peak |",
@@ -291,8 +299,14 @@ def main(argv=None):
         sys.exit(f"benchmark: {missing[0]}: file not found")
     import torch
 
+    from stilts.cpu import warn_if_slow_bf16
+
     device = torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
-    peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    running = {precision(args, name) for name in args.variants}
+    if "bf16" in running:
+        warn_if_slow_bf16(device, "bf16")  # the variants' own warnings go to their captured stderr
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {name: matmul_peak(dtype, device) if name in running else None for name, dtype in dtypes.items()}
     variants = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:

@@ -17,6 +17,9 @@ Save modes (`--bert_save_mode`): `all` and `tunable` store model + optimizer (+ 
 scaler and training position for resuming; the seed's save_bert forgot the optimizer); the
 `model_*` modes store the model alone; `*_tunable` keep only parameters with requires_grad.
 A checkpoint is `{"args", "model", ["optimizer", "scheduler", "scaler", "train_state"]}`.
+
+Every file is checked for the structure its use reads (`check_state_dict`, `check_resume_state`)
+before any of it is used: a malformed file is one line naming the file and what is wrong in it.
 """
 import os
 import re
@@ -24,7 +27,7 @@ import re
 import torch
 
 from stilts.errors import StiltsError
-from stilts.io import load_checkpoint
+from stilts.io import check_state_dict
 from stilts.modeling import ModelSource, read_weights, to_cpu_state, unwrap
 
 LOAD_MODES = ("from_pretrained", "model_only", "state_model_only", "full_model_only",
@@ -32,6 +35,8 @@ LOAD_MODES = ("from_pretrained", "model_only", "state_model_only", "full_model_o
 SAVE_MODES = ("all", "tunable", "model_all", "model_tunable")
 HEAD_KEEPING_MODES = ("full_model_only", "state_full_model", "state_all", "state_adapter")
 STATE_FILE_MODES = ("state_model_only", "state_full_model", "state_all", "state_adapter")
+RESUME_ENTRIES = ("args", "optimizer", "scheduler", "scaler", "train_state")  # state_all reads them as dicts
+TRAIN_STATE_INTS = ("epoch", "batch", "global_step", "seed")  # with rng_per_rank, as Trainer._train_state writes
 IGNORED_KEYS = re.compile(r"(^|\.)(position_ids|token_type_ids)$")  # buffers some versions saved
 
 
@@ -61,7 +66,72 @@ def read_base(path):
         return ModelSource(path).pretrained_encoder_state()
     if not os.path.isfile(path):
         raise StiltsError(f"{path}: base BERT weights not found (--bert_base_path / --bert_load_args)")
-    return read_weights(path)
+    weights = read_weights(path)
+    check_state_dict(weights, path)
+    return weights
+
+
+def read_checkpoint(path, load_mode):
+    """The --bert_load_path file, checked for what `load_mode` reads from it.
+
+    Returns the state dict to load and the all_state.p dict (None for a plain state dict file).
+    """
+    checkpoint = read_weights(path)
+    wants_all_state = load_mode in STATE_FILE_MODES
+    if wants_all_state and not isinstance(checkpoint, dict):
+        raise StiltsError(f"{path}: holds a {type(checkpoint).__name__}, expected an all_state.p checkpoint "
+                          f"(a dict with a 'model' entry)")
+    is_all_state = isinstance(checkpoint, dict) and "model" in checkpoint
+    if wants_all_state and not is_all_state:
+        raise StiltsError(f"{path}: not an all_state.p checkpoint (no 'model' entry); "
+                          f"for a plain state dict use --bert_load_mode model_only or full_model_only")
+    if is_all_state and not wants_all_state:
+        raise StiltsError(f"{path}: this is an all_state.p checkpoint; "
+                          f"use --bert_load_mode state_model_only or state_full_model")
+    if not is_all_state:
+        check_state_dict(checkpoint, path)
+        return checkpoint, None
+    check_state_dict(checkpoint["model"], path, entry="model")
+    if load_mode == "state_all":
+        check_resume_state(checkpoint, path)
+    return checkpoint["model"], checkpoint
+
+
+def check_resume_state(checkpoint, path):
+    """Refuse malformed entries a state_all resume reads, before any is applied (Trainer._restore, and the
+    seed in cli/train.py). An absent entry passes: _restore says what a resume misses."""
+    for entry in RESUME_ENTRIES:
+        if entry in checkpoint and not isinstance(checkpoint[entry], dict):
+            raise StiltsError(f"{path}: {entry!r} entry is a {type(checkpoint[entry]).__name__}, expected a dict")
+    if "train_state" not in checkpoint:
+        return
+    state, where = checkpoint["train_state"], f"{path}: 'train_state' entry"
+    missing = [field for field in (*TRAIN_STATE_INTS, "rng_per_rank") if field not in state]
+    if missing:
+        raise StiltsError(f"{where} lacks {', '.join(missing)}")
+    for field in TRAIN_STATE_INTS:
+        value = state[field]
+        if type(value) is not int or value < 0:
+            got = value if type(value) is int else f"a {type(value).__name__}"
+            raise StiltsError(f"{where}: {field} is {got}, expected an int >= 0")
+    rngs = state["rng_per_rank"]
+    if not isinstance(rngs, list) or not rngs:
+        raise StiltsError(f"{where}: rng_per_rank is {'empty' if rngs == [] else 'a ' + type(rngs).__name__}, "
+                          f"expected a list of one RNG state per process")
+    cpu_state_size = torch.get_rng_state().numel()
+    for rank, rng in enumerate(rngs):
+        if (not isinstance(rng, dict) or not _is_rng_state(rng.get("torch_rng"), cpu_state_size)
+                or ("cuda_rng" in rng and not _is_rng_state(rng["cuda_rng"]))):
+            raise StiltsError(f"{where}: rng_per_rank[{rank}] is not a process's RNG state (a dict whose "
+                              f"torch_rng is a ByteTensor as torch.get_rng_state() returns)")
+    if not isinstance(state.get("val_history", {}), dict):
+        raise StiltsError(f"{where}: val_history is a {type(state['val_history']).__name__}, expected a dict")
+
+
+def _is_rng_state(value, size=None):
+    """A generator state as torch.get_rng_state() returns it: a 1-D ByteTensor (of `size` bytes)."""
+    return (torch.is_tensor(value) and value.dtype == torch.uint8 and value.dim() == 1
+            and size in (None, value.numel()))
 
 
 def normalize_keys(state_dict):
@@ -141,17 +211,9 @@ def load_weights(model, load_mode, load_path=None, base_path=None, pretrained_st
         return None
     if not load_path:
         raise StiltsError(f"--bert_load_mode {load_mode} needs --bert_load_path")
-    checkpoint = load_checkpoint(load_path)
-    is_all_state = isinstance(checkpoint, dict) and "model" in checkpoint and isinstance(checkpoint["model"], dict)
-    if load_mode in STATE_FILE_MODES and not is_all_state:
-        raise StiltsError(f"{load_path}: not an all_state.p checkpoint (no 'model' entry); "
-                          f"for a plain state dict use --bert_load_mode model_only or full_model_only")
-    if load_mode not in STATE_FILE_MODES and is_all_state:
-        raise StiltsError(f"{load_path}: this is an all_state.p checkpoint; "
-                          f"use --bert_load_mode state_model_only or state_full_model")
-    state = checkpoint["model"] if is_all_state else checkpoint
+    state, checkpoint = read_checkpoint(load_path, load_mode)
     load_into(model, state, load_path, keep_head=load_mode in HEAD_KEEPING_MODES, partial=partial)
-    return checkpoint if is_all_state else None
+    return checkpoint
 
 
 def make_checkpoint(model, save_mode, args, optimizer=None, scheduler=None, scaler=None, train_state=None):

@@ -27,6 +27,11 @@ class DistContext:
         return self.world_size > 1
 
 
+def is_main_process():
+    """Rank 0, or a plain one-process run: known from torchrun's variables before any set-up."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(no_cuda=False, local_rank=-1):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))

@@ -5,13 +5,12 @@ temporary file in the destination folder, are fsync'ed, then renamed over the ta
 or a kill mid-write leaves the previous file intact, never a half-written one.
 """
 import contextlib
-import io
+import errno
 import json
 import os
 import pickle
 import tempfile
 import warnings
-import zipfile
 
 import numpy as np
 
@@ -21,11 +20,71 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Why a write can fail for reasons the user can fix, worded for the one-line error.
+WRITE_FAILURES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than this system allows",
+    errno.EROFS: "the folder is on a read-only file system",
+    errno.EACCES: "no permission to write in the folder",
+    errno.EPERM: "writing is not permitted there (an immutable folder?)",
+    errno.ENOENT: "the folder does not exist",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "a folder of that name is in the way",
+}
+
+
+def cannot_write(path, error):
+    """The one-line error for an OSError met while writing `path`, or None if it is not one of those."""
+    reason = WRITE_FAILURES.get(getattr(error, "errno", None))
+    if reason is None:
+        return None
+    return StiltsError(f"{path}: cannot write: {reason} ({error.strerror}); nothing was written "
+                       f"to it, and an earlier file of that name is unchanged")
+
+
+def check_writable_folder(folder, flag):
+    """Refuse now, before any work, an output folder that is a file or that cannot be written.
+
+    Nothing is created: the nearest existing folder on the path is probed with a nameless
+    temporary file, which catches read-only mounts, immutable folders and missing permissions.
+    """
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise StiltsError(f"{folder}: cannot write there ({flag}): {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        reason = WRITE_FAILURES.get(e.errno, e.strerror)
+        raise StiltsError(f"{folder}: cannot write there ({flag}): {reason} ({existing}: {e.strerror})") from None
+
+
+def check_writable_file(path, flag):
+    """A file to be written later: not a folder, in a folder that exists and can be written."""
+    if os.path.isdir(path):
+        raise StiltsError(f"{path}: is a folder; {flag} names the file to write")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        problem = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise StiltsError(f"{path}: cannot write ({flag}): {folder} {problem}")
+    check_writable_folder(folder, flag)
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="w"):
-    """Open a temporary file next to `path`; on success fsync it and rename it onto `path`."""
+    """Open a temporary file next to `path`; on success fsync it and rename it onto `path`.
+
+    A write that fails (a full disk, a read-only folder) removes the temporary file and raises a
+    StiltsError naming `path`: no partial file is left and an earlier `path` is intact.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        raise (cannot_write(path, e) or e) from None
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
@@ -33,9 +92,11 @@ def atomic_write(path, mode="w"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
+        if isinstance(e, OSError) and cannot_write(path, e):
+            raise cannot_write(path, e) from None
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -62,26 +123,102 @@ def save_checkpoint(path, obj):
     import torch  # imported here: the submission tools use this module and need no torch
 
     with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is not None:  # raised as itself, so that atomic_write names the full disk
+                raise recorder.error from None
+            raise
+
+
+class _WriteRecorder:
+    """A file that keeps the OSError of a failed write: torch.save turns it into an opaque RuntimeError."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
+TORCH_ZIP = b"PK\x03\x04"  # torch.save writes a zip archive
+TORCH_LEGACY = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # torch < 1.6: a pickle opening with its magic number
+
+
+def _not_a_torch_checkpoint(path):
+    """What the file is instead, judged by its first bytes; None when it may be a torch checkpoint.
+
+    torch.load(weights_only=True) calls every other file a pickle it refused, which would send
+    the user looking for code in a file of random bytes or a renamed safetensors file.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(TORCH_LEGACY))
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if head.startswith(TORCH_ZIP) or head.startswith(TORCH_LEGACY):
+        return None
+    if not head:
+        return "an empty file, not a torch checkpoint"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # PROTO 2-5 opens a pickle
+        return "refused to load: a plain pickle, not a checkpoint written by torch.save"
+    header_length = int.from_bytes(head[:8], "little")  # safetensors: a JSON header after its 8-byte length
+    if head[8:9] == b"{" and 8 + header_length <= os.path.getsize(path):
+        return "a safetensors file, not a torch checkpoint: rename it to .safetensors"
+    return "not a torch checkpoint (neither a zip nor a pickle)"
+
+
+def _torch_reason(error):
+    """The informative line of a torch.load error (a weights-only refusal opens with a paragraph of advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, pickle.UnpicklingError):
+        lines = [line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))] or lines
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def check_state_dict(state, path, entry=None):
+    """Refuse anything but names -> tensors (in the file, or in its `entry`), naming the first offender:
+    load_into would otherwise fail with a traceback far from the cause."""
+    import torch
+
+    subject = f"{entry!r} entry " if entry else ""
+    if not isinstance(state, dict):
+        raise StiltsError(f"{path}: {subject}holds a {type(state).__name__}, expected a state dict (a dict of tensors)")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise StiltsError(f"{path}: {subject}has a key of type {type(key).__name__}, expected parameter names")
+        if not torch.is_tensor(value):
+            raise StiltsError(f"{path}: {subject}holds a {type(value).__name__} under key {key!r}, expected tensors")
 
 
 def load_checkpoint(path):
-    """Load a `.p`/`.bin` checkpoint without executing code: tensors and plain containers only."""
+    """Load a `.p`/`.bin` checkpoint without executing code: tensors and plain containers only.
+
+    What it holds is not checked here: see stilts.checkpoints for the structure each use expects.
+    """
     import torch
 
     if not os.path.isfile(path):
         raise StiltsError(f"{path}: checkpoint file not found")
+    not_torch = _not_a_torch_checkpoint(path)
+    if not_torch:
+        raise StiltsError(f"{path}: {not_torch}")
     try:
-        with warnings.catch_warnings():  # torch warns about plain pickles before refusing them below
+        with warnings.catch_warnings():  # torch warns about pickle protocols > 2 before failing on them below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message is a paragraph of advice; the line naming what was refused is the useful one.
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        details = [line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))]
-        reason = (details or lines or [type(e).__name__])[0]
-        raise StiltsError(f"{path}: refused to load: it holds objects other than tensors and plain "
-                          f"containers, which could run code ({reason[:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, io.UnsupportedOperation) as e:
-        raise StiltsError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
-                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from None
+    except Exception as e:  # a damaged file can make torch's readers raise nearly anything
+        reason = _torch_reason(e)
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in reason:  # a class or function: code
+            raise StiltsError(f"{path}: refused to load: it holds objects other than tensors and plain "
+                              f"containers, which could run code ({reason})") from None
+        raise StiltsError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None

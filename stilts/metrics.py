@@ -35,7 +35,8 @@ def _correlation(fn, preds, labels):
 
 
 def majority_baseline(task_name, train_labels, dev_labels):
-    """The task metric of always predicting the most frequent training label (0 for STS-B)."""
+    """The task metric of always predicting the most frequent training label id (label ids, as the
+    trainer scores; STS-B: the mean training score, whose correlation is 0)."""
     if task_name == "stsb":
         constant = np.full(len(dev_labels), float(np.mean(train_labels)))
     else:

@@ -13,6 +13,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from stilts import adapters, dropout
 from stilts.errors import StiltsError
+from stilts.io import check_state_dict, load_checkpoint
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +124,9 @@ class ModelSource:
         if self.folder:
             path = self._first_existing(self.folder, WEIGHT_FILES)
             if path:
-                return read_weights(path)
+                weights = read_weights(path)
+                check_state_dict(weights, path)
+                return weights
         hub_name = self.name if self.folder is None or self.name in GOOGLE_FOLDERS else None
         if hub_name is None:
             raise StiltsError(f"{self.folder}: no {' or '.join(WEIGHT_FILES)} in this model folder")
@@ -150,7 +153,6 @@ def read_weights(path):
             return load_file(path)
         except Exception as e:
             raise StiltsError(f"{path}: not a readable safetensors file ({e})") from None
-    from stilts.io import load_checkpoint
     return load_checkpoint(path)
 
 

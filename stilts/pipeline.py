@@ -25,10 +25,12 @@ import time
 
 import numpy as np
 
+from stilts import run_folder
 from stilts.cli import report_errors
 from stilts.cli import train as train_cli
 from stilts.errors import StiltsError
-from stilts.io import atomic_write, write_json
+from stilts.features import encode_labels
+from stilts.io import atomic_write, check_writable_folder, write_json
 from stilts.metrics import majority_baseline
 from stilts.modeling import WEIGHT_FILES, ModelSource
 from stilts.tasks import get_task, read_examples
@@ -163,7 +165,9 @@ class Run:
     seed: int = 0
 
     def finished(self):
-        return all(os.path.isfile(os.path.join(self.folder, name)) for name in self.outputs)
+        """All outputs there, from one run that ended well (folders older than run_status.json: outputs alone)."""
+        return (all(os.path.isfile(os.path.join(self.folder, name)) for name in self.outputs)
+                and run_folder.state(self.folder) in (None, "finished"))
 
 
 def data_dir(args, task_name):
@@ -217,6 +221,7 @@ def plan(args, passthrough):
 
 def check_before_training(stage_a, runs):
     """Every data file, flag and finished run is checked before the first run starts."""
+    check_writable_folder(os.path.dirname(stage_a.folder), "--output_dir")
     for run in [stage_a] + runs:
         settings = train_cli.build_parser().parse_args(run.argv + ["--force-overwrite"])
         if settings.bert_load_path and not os.path.isfile(settings.bert_load_path):  # stage A writes it
@@ -265,7 +270,7 @@ def execute(run, number, total):
         print(f"{prefix}: skip (finished): {run.folder}", flush=True)
         return False
     argv = list(run.argv)
-    if os.path.isdir(run.folder) and os.listdir(run.folder):  # left half-done by a crash: redo it
+    if run_folder.user_files(run.folder):  # left half-done by a crash or a failure: redo it
         print(f"{prefix}: redoing the unfinished run in {run.folder}", flush=True)
         argv.append("--force-overwrite")
     command = train_command() + argv
@@ -297,8 +302,10 @@ def majority_baselines(args):
     for target in args.targets:
         task = get_task(target)
         folder = data_dir(args, target)
-        train_labels = [e.label for e in read_examples(task, "train", folder)]
-        dev_labels = [e.label for e in read_examples(task, "dev", folder)]
+        # Label ids, as the trainer scores them: the TSVs' label strings ('0'/'1' for MRPC and QQP)
+        # are not the positive label 1 that F1 needs.
+        train_labels = encode_labels(read_examples(task, "train", folder), task)
+        dev_labels = encode_labels(read_examples(task, "dev", folder), task)
         out[target] = majority_baseline(task.name, train_labels, dev_labels)[task.metric]
     return out
 
@@ -446,14 +453,14 @@ def main(argv=None):
     stage_a, runs = plan(args, passthrough)
     check_before_training(stage_a, runs)
     baselines = majority_baselines(args)
-    os.makedirs(args.output_dir, exist_ok=True)
-    started, ran = time.monotonic(), 0
-    total = 1 + len(runs)
-    for number, run in enumerate([stage_a] + runs, 1):
-        ran += execute(run, number, total)
-    print(f"stilts-run: {ran} run(s) done, {total - ran} skipped as finished, "
-          f"in {format_seconds(time.monotonic() - started)}", flush=True)
-    write_summary(args, runs, baselines)
+    with run_folder.locked(args.output_dir):  # one stilts-run per study folder at a time
+        started, ran = time.monotonic(), 0
+        total = 1 + len(runs)
+        for number, run in enumerate([stage_a] + runs, 1):
+            ran += execute(run, number, total)
+        print(f"stilts-run: {ran} run(s) done, {total - ran} skipped as finished, "
+              f"in {format_seconds(time.monotonic() - started)}", flush=True)
+        write_summary(args, runs, baselines)
 
 
 if __name__ == "__main__":

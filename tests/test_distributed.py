@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import FIXTURES, TRAIN_PY, make_tiny_bert, run_train
 
+pytestmark = pytest.mark.slow  # see conftest.py
 ARGS = ["--task_name", "rte", "--data_dir", os.path.join(FIXTURES, "RTE"), "--do_train", "--do_val", "--do_test",
         "--do_save", "--do_lower_case", "--not-verbose", "--no_cuda", "--seed", "5", "--train_examples_number", "33",
         "--train_batch_size", "8", "--gradient_accumulation_steps", "2", "--num_train_epochs", "2",

@@ -149,8 +149,6 @@ def test_glue_wrapper_script(tmp_path):
     assert json.loads(result.stdout) == expected_metrics(task, logits, os.path.join(FIXTURES, "RTE"))
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(REPO, "stilts", "trainer.py")),
-                    reason="needs the trainer (stilts/trainer.py), not written yet")
 @pytest.mark.parametrize("task_name", ["mnli", "stsb"])
 def test_reproduces_the_trainers_val_metrics(tmp_path, capsys, tiny_bert_dir, task_name):
     """Run glue/train.py --do_val, then re-score its val_preds.csv: the metrics must be identical."""

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, make_tiny_bert, run_train
+from conftest import FIXTURES, make_tiny_bert, refused_by, run_train
 from stilts.cli.train import main
 from stilts.errors import StiltsError
 from stilts.modeling import ModelSource, build_model
@@ -33,12 +33,7 @@ class Payload:
 
 def refused(capsys, *args):
     """Run glue/train.py's main; it must exit 2 with one line on stderr, which is returned."""
-    with pytest.raises(SystemExit) as stop:
-        main(list(args))
-    err = capsys.readouterr().err.strip()
-    assert stop.value.code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+    return refused_by(capsys, main, args)
 
 
 def rte_args(model_dir, out, *extra):
@@ -137,6 +132,8 @@ def with_line(number, line):
     ("enormous line", with_line(3, b"7\t" + b"word " * 400_000 + b"\tC.\tentailment\n"),
      "train.tsv:3: line longer than 1048576 bytes"),
     ("too few columns", with_line(4, b"7\tonly one sentence\n"), "train.tsv:4: expected at least 4 tab-separated"),
+    ("extra column", with_line(4, b"7\tA.\tmiddle\tB.\tentailment\n"),
+     "train.tsv:4: 5 tab-separated fields, but the header has 4"),
     ("unknown label", with_line(2, b"7\tA.\tB.\tmaybe\n"), "train.tsv:2: unknown label 'maybe' for rte"),
 ])
 def test_broken_data_file(tiny_bert_dir, tmp_path, capsys, name, content, expected):

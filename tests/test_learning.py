@@ -2,10 +2,13 @@
 import json
 import os
 
+import pytest
+
 from conftest import REPO, run_train
 from stilts.metrics import majority_baseline
 from stilts.tasks import get_task, read_examples
 
+pytestmark = pytest.mark.slow  # see conftest.py
 SST2 = os.path.join(REPO, "tests", "fixtures", "glue_learn", "SST-2")
 
 

@@ -1,4 +1,6 @@
 """stilts-run on a tiny random BERT and the fixture data: two targets, two restarts, --compare."""
+import argparse
+import collections
 import json
 import math
 import os
@@ -7,9 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from conftest import FIXTURES, REPO
 from stilts import pipeline
+from stilts.features import encode_labels
 from stilts.metrics import majority_baseline
 from stilts.tasks import get_task, read_examples
 
@@ -70,8 +74,8 @@ def test_summary_recomputed_from_val_metrics(study):
     for target in TARGETS:
         task = get_task(target)
         folder = os.path.join(FIXTURES, task.folder)
-        train = [e.label for e in read_examples(task, "train", folder)]
-        dev = [e.label for e in read_examples(task, "dev", folder)]
+        train = encode_labels(read_examples(task, "train", folder), task)
+        dev = encode_labels(read_examples(task, "dev", folder), task)
         baseline = majority_baseline(target, train, dev)[task.metric]
         entry = summary["targets"][target]
         assert entry["majority_baseline"] == pytest.approx(baseline)
@@ -208,3 +212,46 @@ def test_degenerate_and_best_rules(tmp_path):
     assert s["degenerate"] == 3  # 0.5 (equal), 0.4, NaN
     assert s["best_dir"] == "seed_0"
     assert [r["seed"] for r in s["runs"]] == [0, 1, 2, 3, 4]
+
+
+GLUE_TASKS = ("cola", "sst", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+
+
+def hand_majority_baseline(task, folder):
+    """The majority-class dev metric computed from the label strings, independently of stilts.metrics."""
+    train = [e.label for e in read_examples(task, "train", folder)]
+    dev = [e.label for e in read_examples(task, "dev", folder)]
+    if task.is_regression:
+        return 0.0  # a constant prediction has no correlation
+    majority = collections.Counter(train).most_common(1)[0][0]
+    if task.metric == "mcc":
+        return 0.0  # a constant prediction has an MCC of 0
+    acc = sum(d == majority for d in dev) / len(dev)
+    if task.metric == "acc_and_f1":  # MRPC and QQP: F1 of the label "1"
+        return (acc + f1_score(dev, [majority] * len(dev), pos_label="1", zero_division=0.0)) / 2
+    return acc
+
+
+def test_summary_for_every_glue_task_with_its_real_label_strings(tmp_path):
+    """Majority baseline, degenerate count and tables on each task's real labels (MRPC/QQP: '0'/'1')."""
+    args = argparse.Namespace(intermediate="mnli", targets=list(GLUE_TASKS), glue_dir=FIXTURES,
+                              output_dir=str(tmp_path), no_test=True)
+    baselines = pipeline.majority_baselines(args)
+    runs = []
+    for target in GLUE_TASKS:
+        task = get_task(target)
+        expected = hand_majority_baseline(task, os.path.join(FIXTURES, task.folder))
+        assert baselines[target] == pytest.approx(expected, abs=1e-12), target
+        for seed, value in enumerate([expected + 0.1, expected, expected - 0.1]):  # above, at, below
+            folder = tmp_path / target / "stilts" / f"seed_{seed}"
+            folder.mkdir(parents=True)
+            (folder / "val_metrics.json").write_text(json.dumps({"loss": 0.5, "metrics": {task.metric: value}}))
+            runs.append(pipeline.Run(f"{target} seed {seed}", str(folder), [], ("val_metrics.json",),
+                                     target, "stilts", seed))
+    summary = pipeline.summarize(args, runs, baselines)
+    table = pipeline.markdown(args, summary)
+    for target in GLUE_TASKS:
+        entry = summary["targets"][target]["stilts"]
+        assert entry["degenerate"] == 2, target
+        assert entry["best_dir"] == f"{target}/stilts/seed_0"
+        assert f"| {target} | stilts | {get_task(target).metric} |" in table

@@ -387,8 +387,6 @@ def test_failed_rebuild_keeps_the_earlier_zip_and_files(runs, exported, tmp_path
     assert sorted(os.listdir(out_dir)) == sorted(FILENAMES + ["submission.zip"])
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(REPO, "stilts", "trainer.py")),
-                    reason="needs the trainer (stilts/trainer.py), not written yet")
 def test_trainer_ax_test_predictions_export_to_ax_tsv(tmp_path, capsys, tiny_bert_dir):
     """Beyond the seed, end to end: `--task_name ax --do_test` with an MNLI-shaped model, then the exporter."""
     run_dir = tmp_path / "ax"

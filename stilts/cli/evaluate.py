@@ -11,7 +11,7 @@ import os
 from stilts import submission
 from stilts.cli import report_errors
 from stilts.errors import StiltsError
-from stilts.io import write_json
+from stilts.io import check_writable_file, write_json
 from stilts.tasks import get_task
 
 
@@ -28,6 +28,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     task = get_task(args.task_name)
+    if args.output_path is not None:
+        check_writable_file(args.output_path, "--output-path")
     data_dir = args.task_data_dir
     if data_dir is None:
         if not os.environ.get("GLUE_DIR"):

@@ -10,6 +10,7 @@ import os
 from stilts import submission
 from stilts.cli import report_errors
 from stilts.errors import StiltsError
+from stilts.io import check_writable_folder
 
 
 @report_errors
@@ -27,6 +28,7 @@ def main(argv=None):
                         help="placeholder AX.tsv / WNLI.tsv for tasks without predictions (all-tasks mode)")
     args = parser.parse_args(argv)
     count_check = not args.no_count_check
+    check_writable_folder(args.output_base_path, "-o/--output-base-path")
 
     if args.task_name is not None:
         for entry, stem in submission.files_for_run(args.task_name):

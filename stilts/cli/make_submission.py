@@ -12,6 +12,7 @@ import os
 from stilts import submission
 from stilts.cli import report_errors
 from stilts.errors import StiltsError
+from stilts.io import check_writable_folder
 
 
 @report_errors
@@ -36,6 +37,9 @@ def main(argv=None):
         return
     if args.input_base_path is None:
         parser.error("the following arguments are required: input_base_path output_base_path")
+    if not os.path.isdir(args.input_base_path):  # else OUT's earlier files would be zipped again
+        raise StiltsError(f"{args.input_base_path}: input folder not found (IN holds one run folder per task)")
+    check_writable_folder(out, "OUT")
 
     outcomes, report, zip_path = submission.make_submission(args.input_base_path, out, args.file_format,
                                                             args.template_dir)

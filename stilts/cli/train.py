@@ -4,8 +4,11 @@ Flow: check every input up front (task, modes, data files, output folder, checkp
 never dies hours in on a typo; then model -> features -> train -> save -> dev -> test.
 """
 import argparse
+import contextlib
+import functools
 import json
 import logging
+import math
 import os
 import random
 import sys
@@ -13,12 +16,12 @@ import sys
 import numpy as np
 import torch
 
-from stilts import distributed
+from stilts import distributed, run_folder
 from stilts.checkpoints import base_path_from_args, check_modes, load_weights
 from stilts.cli import report_errors
 from stilts.errors import StiltsError
 from stilts.features import default_cache_dir, load_features, load_tokenizer
-from stilts.io import write_json, write_logits_csv
+from stilts.io import check_writable_folder, write_json, write_logits_csv
 from stilts.modeling import ModelSource, build_model, print_trainable_params
 from stilts.tasks import get_task, resolve_data_dir
 from stilts.trainer import TrainConfig, Trainer
@@ -90,10 +93,7 @@ def check_args(args):
     check_modes(args.bert_load_mode, args.bert_save_mode)
     if not (args.do_train or args.do_val or args.do_test):
         raise StiltsError("nothing to do: pass at least one of --do_train, --do_val, --do_test")
-    if args.gradient_accumulation_steps < 1:
-        raise StiltsError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
-    if args.train_batch_size < 1 or args.eval_batch_size < 1:
-        raise StiltsError("--train_batch_size and --eval_batch_size must be >= 1")
+    check_numbers(args)
     if args.fp16 and args.bf16:
         raise StiltsError("choose one of --fp16 and --bf16")
     if args.bert_load_mode != "from_pretrained" and not args.bert_load_path:
@@ -124,10 +124,59 @@ def check_args(args):
             hint = " or --mnli_mm_data_dir" if t.name == "mnli-mm" else ""
             raise StiltsError(f"{path}: file not found (needed by {flag} for {t.name}); "
                               f"point --data_dir{hint} to a folder holding {os.path.basename(path)}")
-    if os.path.isdir(args.output_dir) and os.listdir(args.output_dir) and not args.force_overwrite:
-        raise StiltsError(f"{args.output_dir}: output folder exists and is not empty "
-                          f"(pass --force-overwrite to write into it)")
+    check_writable_folder(args.output_dir, "--output_dir")
+    if os.path.isdir(args.output_dir) and not args.force_overwrite:
+        run_folder.check_empty(args.output_dir)
+    if not args.no_features_cache:
+        check_writable_folder(args.features_cache_dir or default_cache_dir(), "--features_cache_dir")
+    check_max_seq_length(args, task)
     return task, data_dir, mm_task, mm_dir
+
+
+# Numeric flags and what they must be: a bad value would crash hours in, or silently train otherwise.
+NUMBER_RULES = [
+    ("learning_rate", lambda v: v > 0, "a number > 0"),
+    ("warmup_proportion", lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+    ("weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("max_grad_norm", lambda v: v >= 0, "a number >= 0 (0 turns clipping off)"),
+    ("loss_scale", lambda v: v >= 0, "a number >= 0 (0: dynamic scaling)"),
+    ("train_batch_size", lambda v: v >= 1, "at least 1"),
+    ("eval_batch_size", lambda v: v >= 1, "at least 1"),
+    ("gradient_accumulation_steps", lambda v: v >= 1, "at least 1"),
+    ("train_examples_number", lambda v: v is None or v >= 1, "at least 1"),
+    ("train_save_every", lambda v: v is None or v >= 1, "at least 1 (steps between checkpoints)"),
+]
+
+
+def check_numbers(args):
+    rules = NUMBER_RULES
+    if args.do_train:
+        rules = rules + [("num_train_epochs", lambda v: v > 0, "a number > 0 with --do_train")]
+    for flag, holds, wanted in rules:
+        value = getattr(args, flag)
+        if not ((value is None or math.isfinite(value)) and holds(value)):
+            raise StiltsError(f"--{flag} {value}: must be {wanted}")
+
+
+def check_max_seq_length(args, task):
+    """Room for the special tokens and a word piece of each sentence, and no more positions than
+    the model has (beyond them, training would crash at the first long batch)."""
+    pair = any(layout.text_b is not None for layout in task.layouts.values())
+    least = 5 if pair else 3
+    if args.max_seq_length < least:
+        layout = "[CLS] a [SEP] b [SEP]" if pair else "[CLS] a [SEP]"
+        raise StiltsError(f"--max_seq_length {args.max_seq_length}: {task.name} inputs are {layout}, which "
+                          f"needs at least {least} tokens")
+    positions = model_positions(args.bert_model, args.bert_config_json_path)
+    if args.max_seq_length > positions:
+        raise StiltsError(f"--max_seq_length {args.max_seq_length}: {args.bert_model} has position embeddings "
+                          f"for {positions} tokens (max_position_embeddings of its config)")
+
+
+@functools.lru_cache(maxsize=None)
+def model_positions(bert_model, config_path):
+    """max_position_embeddings of the model's config (cached: stilts-run checks every run)."""
+    return ModelSource(bert_model, config_path).config().max_position_embeddings
 
 
 def set_seed(args, ctx):
@@ -170,11 +219,15 @@ def main(argv=None):
     if args.local_rank >= 0 and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     task, data_dir, mm_task, mm_dir = check_args(args)
-    ctx = distributed.init_distributed(no_cuda=args.no_cuda, local_rank=args.local_rank)
-    try:
-        run(args, ctx, task, data_dir, mm_task, mm_dir)
-    finally:
-        distributed.shutdown(ctx)
+    # One writer per folder: a second run on it is refused while this one lives (rank 0 holds it).
+    in_use = (run_folder.locked(args.output_dir, must_be_empty=not args.force_overwrite)
+              if distributed.is_main_process() else contextlib.nullcontext())
+    with in_use:
+        ctx = distributed.init_distributed(no_cuda=args.no_cuda, local_rank=args.local_rank)
+        try:
+            run(args, ctx, task, data_dir, mm_task, mm_dir)
+        finally:
+            distributed.shutdown(ctx)
 
 
 def run(args, ctx, task, data_dir, mm_task, mm_dir):
@@ -199,10 +252,17 @@ def run(args, ctx, task, data_dir, mm_task, mm_dir):
             print(f"  {key}: {value}")
 
     splits = load_splits(args, task, data_dir, mm_task, mm_dir, tokenizer)
-    # Every input has now been read and checked: only from here on is anything written.
-    if ctx.is_main:
-        os.makedirs(args.output_dir, exist_ok=True)
-        write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+    # Every input has now been read and checked: only from here on is anything written, and
+    # run_status.json says whether the folder's outputs are all this run's.
+    with run_folder.recording(args.output_dir) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:
+            write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+        write_outputs(args, ctx, task, model, checkpoint, splits, mm_task)
+    sys.stdout.flush()
+
+
+def write_outputs(args, ctx, task, model, checkpoint, splits, mm_task):
+    """Train, save, score dev and predict test, as the --do_* flags ask."""
     trainer = Trainer(model, task, train_config(args), ctx, args.output_dir, vars(args))
     out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
 
@@ -242,7 +302,6 @@ def run(args, ctx, task, data_dir, mm_task, mm_dir):
             mm_logits, _ = trainer.predict(splits["mm_test"], desc="Predicting (mm test)")
             if ctx.is_main:
                 write_logits_csv(out("mm_test_preds.csv"), mm_logits)
-    sys.stdout.flush()
 
 
 def load_splits(args, task, data_dir, mm_task, mm_dir, tokenizer):

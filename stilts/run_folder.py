@@ -1,0 +1,141 @@
+"""An output folder in use: one writer at a time, and a record of how its last run ended.
+
+A command that writes into a folder (glue/train.py's `--output_dir`, a stilts-run study folder)
+holds an exclusive lock on `<folder>/.stilts.lock` while it runs, so a second process is refused
+instead of mixing its files with the first one's. The lock is the kernel's (`flock`): it ends with
+the process that holds it, so a killed run never blocks the next one (its lock file stays behind,
+unlocked, until the next run takes it). The lock file names its holder (pid, command, start time)
+for the message that refuses the second process.
+
+`run_status.json` says how the run that last wrote into the folder stands: "running" while it
+writes, "finished" once every output is written, "failed" (with the error) when it stopped early.
+A folder whose state is not "finished" mixes files of more than one run, or lacks some: stilts-run
+redoes it, and a user sees it at a glance. Folders written before this file existed have none and
+are judged by their outputs alone.
+"""
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import shlex
+import sys
+
+from stilts.errors import StiltsError
+from stilts.io import cannot_write, write_json
+
+LOCK_NAME = ".stilts.lock"
+STATUS_NAME = "run_status.json"
+
+
+def user_files(folder):
+    """What `folder` holds besides its lock file (an empty list for a missing folder)."""
+    if not os.path.isdir(folder):
+        return []
+    return [name for name in os.listdir(folder) if name != LOCK_NAME]
+
+
+def check_empty(folder, flag="--output_dir"):
+    if user_files(folder):
+        raise StiltsError(f"{folder}: output folder exists and is not empty (pass --force-overwrite to "
+                          f"write into it, or choose another {flag})")
+
+
+@contextlib.contextmanager
+def locked(folder, flag="--output_dir", must_be_empty=False):
+    """Create `folder` if needed and hold its lock for the `with` block.
+
+    must_be_empty is checked again under the lock: another process may have filled the folder
+    between the first check and now. The lock file is removed on the way out, and so is a folder
+    this call created and nobody wrote into: a refused command leaves the disk as it found it.
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise StiltsError(f"{folder}: exists and is a file, not a folder ({flag})")
+    created = not os.path.exists(folder)
+    lock_path = os.path.join(folder, LOCK_NAME)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise (cannot_write(lock_path, e) or e) from None
+    fd = _take(lock_path, folder, flag)
+    try:
+        if must_be_empty:
+            check_empty(folder, flag)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "command": shlex.join(sys.argv),
+                                 "since": _now()}).encode() + b"\n")
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # removed while held: the next process makes a new one
+            os.remove(lock_path)
+            if created and not user_files(folder):
+                os.rmdir(folder)
+        os.close(fd)
+
+
+def _take(lock_path, folder, flag):
+    """Open and lock the lock file; its descriptor. A holder removes the file when it ends, so the
+    file locked must still be the one at lock_path, else it is taken again."""
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise (cannot_write(lock_path, e) or e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StiltsError(f"{folder}: in use by {_holder(lock_path)}; wait for it to end, or choose "
+                              f"another {flag}") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)
+
+
+def _holder(lock_path):
+    """'process 123 (glue/train.py ..., since ...)' from the lock file, as far as it can be read."""
+    try:
+        with open(lock_path, encoding="utf-8") as f:
+            holder = json.load(f)
+        command = holder["command"] if len(holder["command"]) <= 100 else holder["command"][:97] + "..."
+        return f"process {holder['pid']} ({command}, since {holder['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _now():
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def mark(folder, state, error=None):
+    """Record the run's state in run_status.json (atomically, like every output)."""
+    status = {"state": state, "pid": os.getpid(), "time": _now()}
+    if error is not None:
+        status["error"] = error
+    write_json(os.path.join(folder, STATUS_NAME), status)
+
+
+def state(folder):
+    """The recorded state ("running", "finished", "failed"), None without a status file."""
+    path = os.path.join(folder, STATUS_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("state", "unknown")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def recording(folder):
+    """Mark the folder "running" now, then "finished" or "failed" by how the block ends."""
+    mark(folder, "running")
+    try:
+        yield
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # on a full disk the mark cannot be written: "running" stays
+            mark(folder, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise
+    mark(folder, "finished")
