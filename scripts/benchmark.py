@@ -42,10 +42,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from stilts.settings import DataSettings, TrainSettings  # noqa: E402
+
 VARIANTS = ("stilts", "stilts_fixed_pad", "hf_trainer_fixed_pad", "hf_trainer_dynamic", "hf_trainer_grouped")
 REFERENCES = {"hf_trainer_fixed_pad": "(c)", "hf_trainer_dynamic": "(d)", "hf_trainer_grouped": "(e)"}
-WARMUP_PROPORTION = 0.1
-WEIGHT_DECAY = 0.01
+DEFAULTS = TrainSettings()  # glue/train.py's defaults, for what the benchmark does not set itself
 
 
 def build_parser():
@@ -56,8 +57,8 @@ def build_parser():
     p.add_argument("--data_dir", default=None, help="the task folder (default: GLUE_DIR/<official folder>)")
     p.add_argument("--max_train_examples", type=int, default=None, help="a seeded random subset, for short checks")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--train_batch_size", type=int, default=32)
-    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--train_batch_size", type=int, default=TrainSettings.train_batch_size)
+    p.add_argument("--max_seq_length", type=int, default=DataSettings.max_seq_length)
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--cased", action="store_true", help="keep case (default: lowercase, for uncased models)")
@@ -75,8 +76,7 @@ def task_and_data(args):
     from stilts.tasks import get_task, resolve_data_dir
 
     task = get_task(args.task)
-    data_dir = args.data_dir or (os.path.join(args.glue_dir, task.folder) if args.glue_dir else None)
-    return task, resolve_data_dir(task, data_dir)
+    return task, resolve_data_dir(task, args.data_dir, args.glue_dir)
 
 
 def train_indices(n_examples, args):
@@ -107,7 +107,7 @@ def run_stilts(args, task, data_dir):
     from stilts.checkpoints import load_weights
     from stilts.features import load_features, load_tokenizer
     from stilts.modeling import ModelSource, build_model
-    from stilts.trainer import TrainConfig, Trainer
+    from stilts.trainer import Trainer
 
     torch.manual_seed(args.seed)
     source = ModelSource(args.model)
@@ -119,14 +119,13 @@ def run_stilts(args, task, data_dir):
     dev = load_features(task, "dev", data_dir, tokenizer, args.max_seq_length)
 
     fixed = args.run_variant == "stilts_fixed_pad"
-    config = TrainConfig(train_batch_size=args.train_batch_size, eval_batch_size=args.train_batch_size,
-                         learning_rate=args.learning_rate, weight_decay=WEIGHT_DECAY,
-                         warmup_proportion=WARMUP_PROPORTION, num_train_epochs=args.epochs, seed=args.seed,
-                         group_by_length=not fixed, pad_to_max_length=fixed, max_seq_length=args.max_seq_length,
-                         precision=precision(args, args.run_variant), verbose=False)
+    settings = TrainSettings(train_batch_size=args.train_batch_size, eval_batch_size=args.train_batch_size,
+                             learning_rate=args.learning_rate, num_train_epochs=args.epochs, seed=args.seed,
+                             pad_to_max_length=fixed, bf16=precision(args, args.run_variant) == "bf16")
     ctx = distributed.init_distributed(no_cuda=args.no_cuda)
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = Trainer(model, task, config, ctx, output_dir, run_args={})
+        trainer = Trainer(model, task, settings, ctx, output_dir, run_args={}, max_seq_length=args.max_seq_length,
+                          verbose=False)
         start = time.perf_counter()
         trainer.train(train)
         train_s = _elapsed(start, ctx.device)
@@ -136,7 +135,7 @@ def run_stilts(args, task, data_dir):
     return {"train_s": train_s, "eval_s": eval_s, "train_examples": len(train) * args.epochs,
             "eval_examples": len(dev), "dev_metric": result["metrics"][task.metric],
             "train_flops": 3 * args.epochs * forward_flops(model.bert.config, train.lengths, task.num_labels),
-            "precision": config.precision, "device": str(ctx.device)}
+            "precision": settings.precision, "device": str(ctx.device)}
 
 
 def run_hf_trainer(args, task, data_dir):
@@ -145,8 +144,7 @@ def run_hf_trainer(args, task, data_dir):
                               TrainingArguments, default_data_collator, set_seed)
     from transformers.utils import logging as hf_logging
 
-    from stilts.features import encode_labels
-    from stilts.metrics import compute_metrics, predictions_from_logits
+    from stilts.metrics import compute_metrics
     from stilts.tasks import read_examples
 
     hf_logging.set_verbosity_error()
@@ -161,7 +159,7 @@ def run_hf_trainer(args, task, data_dir):
             texts.append([e.text_b for e in examples])
         encoded = tokenizer(*texts, padding="max_length" if fixed else False, max_length=args.max_seq_length,
                             truncation=True)
-        labels = encode_labels(examples, task).tolist()  # Python numbers: the collators infer dtypes from them
+        labels = task.label_ids(examples).tolist()  # Python numbers: the collators infer dtypes from them
         rows = [{key: encoded[key][j] for key in encoded} | {"label": labels[j]} for j in range(len(examples))]
         return rows, [sum(row["attention_mask"]) for row in rows]
 
@@ -173,7 +171,7 @@ def run_hf_trainer(args, task, data_dir):
         training_args = TrainingArguments(
             output_dir=output_dir, per_device_train_batch_size=args.train_batch_size,
             per_device_eval_batch_size=args.train_batch_size, learning_rate=args.learning_rate,
-            num_train_epochs=args.epochs, warmup_steps=WARMUP_PROPORTION, weight_decay=WEIGHT_DECAY, seed=args.seed,
+            num_train_epochs=args.epochs, warmup_steps=DEFAULTS.warmup_proportion, weight_decay=DEFAULTS.weight_decay, seed=args.seed,
             eval_strategy="no", save_strategy="no", report_to="none", dataloader_num_workers=0, disable_tqdm=True,
             use_cpu=args.no_cuda,
             train_sampling_strategy="group_by_length" if args.run_variant == "hf_trainer_grouped" else "random")
@@ -187,7 +185,7 @@ def run_hf_trainer(args, task, data_dir):
         start = time.perf_counter()
         output = trainer.predict(dev)
         eval_s = _elapsed(start, device)
-    preds = predictions_from_logits(output.predictions, task.is_regression)
+    preds = task.predictions(output.predictions)
     metrics = compute_metrics(task.name, preds, output.label_ids)
     return {"train_s": train_s, "eval_s": eval_s, "train_examples": len(train) * args.epochs,
             "eval_examples": len(dev), "dev_metric": metrics[task.metric],

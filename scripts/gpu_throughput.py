@@ -28,7 +28,8 @@ from stilts.distributed import DistContext  # noqa: E402
 from stilts.features import Features  # noqa: E402
 from stilts.modeling import ModelSource, build_model  # noqa: E402
 from stilts.tasks import get_task  # noqa: E402
-from stilts.trainer import TrainConfig, Trainer  # noqa: E402
+from stilts.settings import TrainSettings  # noqa: E402
+from stilts.trainer import Trainer  # noqa: E402
 
 MODELS = {"base": "bert-base-uncased", "large": "bert-large-uncased"}  # resolved to cache/bert_metadata
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -65,10 +66,11 @@ def throughput(config, precision, args):
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model(config, get_task("rte"))
-    train_config = TrainConfig(train_batch_size=args.batch_size, precision=precision, max_seq_length=args.seq_len,
-                               verbose=False)
+    settings = TrainSettings(train_batch_size=args.batch_size, bf16=precision == "bf16", fp16=precision == "fp16",
+                             seed=0)
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = Trainer(model, get_task("rte"), train_config, DistContext(device=device), output_dir, run_args={})
+        trainer = Trainer(model, get_task("rte"), settings, DistContext(device=device), output_dir, run_args={},
+                          max_seq_length=args.seq_len, verbose=False)
         trainer._make_optimizer(total_steps=args.warmup + args.steps)
         trainer.wrapped.train()
         features = synthetic_features(config, args.batch_size, args.seq_len)

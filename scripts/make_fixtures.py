@@ -1,6 +1,9 @@
 """Rebuild tests/fixtures/glue* from a real GLUE folder (rows are copied verbatim, never edited).
 
-    python scripts/make_fixtures.py /work/shared/glue_data
+    python scripts/make_fixtures.py /path/to/glue_data     # or: GLUE_DIR=/path/to/glue_data python ...
+
+The GLUE folder is the one tests/fixtures/README.md describes: the official files, plus the
+PTB-tokenized copies under MNLI/tokenized/ and SNLI/tokenized/ that some fixtures come from.
 
 Each fixture file is a seeded random sample of one real file, written in source order with the
 source's header line. Labeled train/dev files are stratified so that every label occurs and one
@@ -123,4 +126,7 @@ def main(glue_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/glue_data")
+    source = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("GLUE_DIR")
+    if not source:
+        sys.exit("usage: python scripts/make_fixtures.py GLUE_DIR (or set GLUE_DIR): the GLUE folder to sample from")
+    main(source)

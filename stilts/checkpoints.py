@@ -30,33 +30,11 @@ from stilts.errors import StiltsError
 from stilts.io import check_state_dict
 from stilts.modeling import ModelSource, read_weights, to_cpu_state, unwrap
 
-LOAD_MODES = ("from_pretrained", "model_only", "state_model_only", "full_model_only",
-              "state_full_model", "state_all", "state_adapter")
-SAVE_MODES = ("all", "tunable", "model_all", "model_tunable")
 HEAD_KEEPING_MODES = ("full_model_only", "state_full_model", "state_all", "state_adapter")
 STATE_FILE_MODES = ("state_model_only", "state_full_model", "state_all", "state_adapter")
 RESUME_ENTRIES = ("args", "optimizer", "scheduler", "scaler", "train_state")  # state_all reads them as dicts
 TRAIN_STATE_INTS = ("epoch", "batch", "global_step", "seed")  # with rng_per_rank, as Trainer._train_state writes
 IGNORED_KEYS = re.compile(r"(^|\.)(position_ids|token_type_ids)$")  # buffers some versions saved
-
-
-def check_modes(load_mode, save_mode):
-    if load_mode not in LOAD_MODES:
-        raise StiltsError(f"unknown --bert_load_mode {load_mode!r}; choose from: {', '.join(LOAD_MODES)}")
-    if save_mode not in SAVE_MODES:
-        raise StiltsError(f"unknown --bert_save_mode {save_mode!r}; choose from: {', '.join(SAVE_MODES)}")
-
-
-def base_path_from_args(bert_base_path, bert_load_args):
-    """`--bert_base_path FILE_OR_FOLDER`, or the seed's `--bert_load_args bert_model_path:FILE`."""
-    if bert_base_path:
-        return bert_base_path
-    if bert_load_args:
-        prefix = "bert_model_path:"
-        if not bert_load_args.startswith(prefix):
-            raise StiltsError(f"--bert_load_args {bert_load_args!r}: expected the form bert_model_path:FILE")
-        return bert_load_args[len(prefix):]
-    return None
 
 
 def read_base(path):

@@ -64,12 +64,13 @@ def all_gather_objects(ctx, obj):
     return out
 
 
-def all_reduce_sum(ctx, value):
+def all_reduce_sum(ctx, tensor):
+    """The sum of `tensor` over all processes (a new tensor; no host sync)."""
     if not ctx.enabled:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+        return tensor
+    tensor = tensor.clone()
     dist.all_reduce(tensor)
-    return tensor.item()
+    return tensor
 
 
 def barrier(ctx):

@@ -80,14 +80,7 @@ def featurize(examples, task, tokenizer, max_seq_length):
             row = [cls_id, *a[:len_a], sep_id]
         input_ids.append(np.asarray(row, dtype=np.int64))
         seg_a[i] = len_a + 2
-    return Features(input_ids, seg_a, encode_labels(examples, task))
-
-
-def encode_labels(examples, task):
-    if task.is_regression:
-        return np.array([e.label if e.label is not None else 0.0 for e in examples], dtype=np.float32)
-    label_ids = {label: i for i, label in enumerate(task.labels)}
-    return np.array([label_ids[e.label] if e.label is not None else 0 for e in examples], dtype=np.int64)
+    return Features(input_ids, seg_a, task.label_ids(examples))
 
 
 def collate(features, indices, pad_to=None):
@@ -108,10 +101,6 @@ def collate(features, indices, pad_to=None):
         "token_type_ids": torch.from_numpy(token_type_ids),
         "labels": torch.from_numpy(features.labels[indices]),
     }
-
-
-def default_cache_dir():
-    return os.environ.get("STILTS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "stilts")
 
 
 def _file_digest(path):

@@ -4,12 +4,6 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
 
-def predictions_from_logits(logits, is_regression):
-    """Label ids (argmax) for classification, the single output column for regression."""
-    logits = np.asarray(logits)
-    return logits.reshape(-1) if is_regression else logits.argmax(axis=1)
-
-
 def compute_metrics(task_name, preds, labels):
     """Metrics of one task: `preds` and `labels` are label ids (or scores for STS-B)."""
     preds, labels = np.asarray(preds), np.asarray(labels)

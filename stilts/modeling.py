@@ -8,14 +8,11 @@ import os
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, BertConfig, BertModel
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers import BertConfig, BertModel
 
-from stilts import adapters, dropout
+from stilts import adapters, resources, speedups
 from stilts.errors import StiltsError
 from stilts.io import check_state_dict, load_checkpoint
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The seed's short names for Google's BERT releases, and the folder each unpacks to.
 GOOGLE_FOLDERS = {
@@ -26,25 +23,16 @@ GOOGLE_FOLDERS = {
 }
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
-# SDPA with stilts' cheap CPU dropout mask (see dropout.py); it takes SDPA's masks.
-AttentionInterface.register(dropout.ATTENTION_IMPLEMENTATION, dropout.attention)
-AttentionMaskInterface.register(dropout.ATTENTION_IMPLEMENTATION, sdpa_mask)
-
-
 class BertForGlue(nn.Module):
     """BERT encoder + dropout + linear head on the pooled [CLS] output (the seed's heads)."""
 
     def __init__(self, config, num_labels, regression=False):
         super().__init__()
         self.bert = BertModel(config, add_pooling_layer=True)
-        self.bert.set_attn_implementation(dropout.ATTENTION_IMPLEMENTATION)
-        for module in list(self.bert.modules()):  # hidden-state dropouts draw the cheap CPU mask
-            for name, child in module.named_children():
-                if isinstance(child, nn.Dropout):
-                    setattr(module, name, dropout.Dropout(child.p))
+        speedups.install(self.bert)
         if getattr(config, "use_adapter", False):
             adapters.add_adapters(self.bert, config)
-        self.dropout = dropout.Dropout(config.hidden_dropout_prob)
+        self.dropout = speedups.head_dropout(config.hidden_dropout_prob)
         head = nn.Linear(config.hidden_size, num_labels)
         head.weight.data.normal_(mean=0.0, std=config.initializer_range)
         head.bias.data.zero_()
@@ -90,7 +78,7 @@ class ModelSource:
         if os.path.isdir(name):
             return name
         if name in GOOGLE_FOLDERS:
-            bert_all_dir = os.environ.get("BERT_ALL_DIR") or os.path.join(REPO_ROOT, "cache", "bert_metadata")
+            bert_all_dir = os.environ.get("BERT_ALL_DIR") or resources.data_path("cache", "bert_metadata")
             return os.path.join(bert_all_dir, GOOGLE_FOLDERS[name])
         return None
 

@@ -1,4 +1,4 @@
-"""GLUE leaderboard submissions, and dev metrics of saved predictions.
+"""GLUE leaderboard submissions: export, validation, zip.
 
 The trainer's `--do_test` writes logits (`test_preds.csv`: no header, one row per test example, one
 column per label in the task's label order). The leaderboard wants one `<NAME>.tsv` per task with
@@ -6,11 +6,9 @@ column per label in the task's label order). The leaderboard wants one `<NAME>.t
 one table that says, per file, which task's labels it uses, which run writes its logits, and how
 many test examples it must hold; export, validation and zipping all read it.
 
-`evaluate_predictions` recomputes a run's dev metrics from its `val_preds.csv`, so a saved run can be
-re-scored without the model.
+It reads logits and data files only: no torch, no transformers (dev re-scoring is in stilts.rescoring).
 """
 import dataclasses
-import logging
 import os
 import shutil
 import zipfile
@@ -18,15 +16,12 @@ from typing import Optional
 
 import numpy as np
 
+from stilts import resources
 from stilts.errors import StiltsError
-from stilts.features import encode_labels
 from stilts.io import atomic_write
-from stilts.metrics import compute_metrics, predictions_from_logits
-from stilts.tasks import get_task, read_examples
+from stilts.tasks import get_task
 
-logger = logging.getLogger(__name__)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEMPLATE_DIR = os.path.join(REPO_ROOT, "cache", "submission_template")
+TEMPLATE_DIR = resources.data_path("cache", "submission_template")
 HEADER = "index\tprediction"
 STSB_RANGE = (0.0, 5.0)          # the leaderboard scores similarity on this scale
 MAX_ROW_PROBLEMS = 5             # the validator names this many bad rows per file, then counts the rest
@@ -131,7 +126,7 @@ def export_file(entry, pred_path, output_dir, count_check=True):
     if count_check and len(logits) != entry.test_rows:
         raise StiltsError(f"{pred_path}: {len(logits)} prediction rows, but the {entry.name} test set "
                           f"has {entry.test_rows}")
-    preds = predictions_from_logits(logits, task.is_regression)
+    preds = task.predictions(logits)
     if task.is_regression:
         preds = [repr(float(x)) for x in np.clip(preds, *STSB_RANGE)]
     else:
@@ -306,40 +301,3 @@ def make_submission(input_dir, output_dir, file_format="csv", template_dir=TEMPL
     if report.ok and not any(o.failed for o in outcomes):
         return outcomes, report, build_zip(output_dir, os.path.join(output_dir, "submission.zip"))
     return outcomes, report, None
-
-
-# ---------------------------------------------------------------------------------------------
-# Dev metrics of saved predictions
-
-
-def dev_metrics(task, pred_path, data_dir):
-    """`compute_metrics` of one logits file against the task's dev labels, as the trainer computes them."""
-    examples = read_examples(task, "dev", data_dir)
-    logits = read_logits(pred_path, task.num_labels)
-    if len(logits) != len(examples):
-        raise StiltsError(f"{pred_path}: {len(logits)} prediction rows, but {task.path('dev', data_dir)} "
-                          f"has {len(examples)} dev examples")
-    # The trainer's dtypes (float32 logits and scores), so that STS-B's correlations match it bit for bit.
-    labels = encode_labels(examples, task)
-    preds = predictions_from_logits(logits.astype(np.float32), task.is_regression)
-    return compute_metrics(task.name, preds, labels)
-
-
-def evaluate_predictions(task_name, pred_path, data_dir, mm_data_dir=None):
-    """Dev metrics of `pred_path`, keyed as in the trainer's val_metrics.json "metrics".
-
-    For mnli, the mismatched half is scored too when `mm_<pred file>` sits next to `pred_path`
-    and the mismatched dev file exists (in `mm_data_dir`, default `data_dir`, like the trainer's
-    --mnli_mm_data_dir); its keys get the trainer's `mm-` prefix.
-    """
-    task = get_task(task_name)
-    metrics = dev_metrics(task, pred_path, data_dir)
-    if task.name == "mnli":
-        mm_task, mm_data_dir = get_task("mnli-mm"), mm_data_dir or data_dir
-        mm_path = os.path.join(os.path.dirname(pred_path), "mm_" + os.path.basename(pred_path))
-        mm_dev = mm_task.path("dev", mm_data_dir)
-        if os.path.isfile(mm_path) and not os.path.isfile(mm_dev):
-            logger.warning("not scoring %s: no mismatched dev file %s", mm_path, mm_dev)
-        elif os.path.isfile(mm_path):
-            metrics.update({"mm-" + k: v for k, v in dev_metrics(mm_task, mm_path, mm_data_dir).items()})
-    return metrics

@@ -11,6 +11,8 @@ import math
 import os
 from typing import Optional
 
+import numpy as np
+
 from stilts.errors import StiltsError
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,19 @@ class Task:
     @property
     def num_labels(self):
         return 1 if self.is_regression else len(self.labels)
+
+    def label_ids(self, examples):
+        """The examples' labels as the model sees them: ids in logit-column order, or float32 scores
+        for regression; 0 for unlabeled (test) examples."""
+        if self.is_regression:
+            return np.array([e.label if e.label is not None else 0.0 for e in examples], dtype=np.float32)
+        ids = {label: i for i, label in enumerate(self.labels)}
+        return np.array([ids[e.label] if e.label is not None else 0 for e in examples], dtype=np.int64)
+
+    def predictions(self, logits):
+        """Label ids (argmax) for classification, the single output column for regression."""
+        logits = np.asarray(logits)
+        return logits.reshape(-1) if self.is_regression else logits.argmax(axis=1)
 
     def path(self, split, data_dir):
         if split not in self.files:
@@ -109,15 +124,41 @@ def get_task(name):
     return TASKS[key]
 
 
-def resolve_data_dir(task, data_dir=None):
-    """`--data_dir` if given, else `$GLUE_DIR/<official folder>`."""
+def resolve_data_dir(task, data_dir=None, glue_dir=None, flag="--data_dir"):
+    """The task's folder: `data_dir` if given, else `<glue_dir or $GLUE_DIR>/<official folder>`
+    (`flag` is the command's name for data_dir, for the message)."""
     if data_dir:
         return data_dir
-    glue_dir = os.environ.get("GLUE_DIR")
+    glue_dir = glue_dir or os.environ.get("GLUE_DIR")
     if not glue_dir:
-        raise StiltsError(f"no data folder for task {task.name}: pass --data_dir or set GLUE_DIR "
+        raise StiltsError(f"no data folder for task {task.name}: pass {flag} or set GLUE_DIR "
                           f"(the folder holding {task.folder}/)")
     return os.path.join(glue_dir, task.folder)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFile:
+    """One split file a run reads, under the run's name for it (train, dev, test, mm_dev, mm_test)."""
+    key: str
+    task: Task
+    split: str
+    folder: str
+
+    @property
+    def path(self):
+        return self.task.path(self.split, self.folder)
+
+
+def run_splits(task, data_dir, mm_data_dir=None, train=False, dev=False, test=False):
+    """The split files a run reads. MNLI's dev and test bring their mismatched halves (mm_dev,
+    mm_test), from mm_data_dir when they live elsewhere (the raw GLUE download has them beside
+    the matched ones)."""
+    wanted = [split for split, asked in (("train", train), ("dev", dev), ("test", test)) if asked]
+    files = [SplitFile(split, task, split, data_dir) for split in wanted]
+    if task.name == "mnli":
+        mm_task = get_task("mnli-mm")
+        files += [SplitFile("mm_" + split, mm_task, split, mm_data_dir or data_dir) for split in wanted if split != "train"]
+    return files
 
 
 def _rows(path):

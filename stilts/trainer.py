@@ -10,7 +10,6 @@ The order of batches in epoch e is a pure function of (seed, e), so a run resume
 checkpoint taken at (epoch, batch) replays exactly the batches an uninterrupted run would.
 """
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -22,41 +21,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from stilts import distributed
+from stilts import distributed, speedups
 from stilts.checkpoints import make_checkpoint
 from stilts.cpu import warn_if_slow_bf16
-from stilts.errors import StiltsError
+from stilts.errors import CannotResume, NonFiniteTraining, StiltsError
 from stilts.features import collate
 from stilts.io import save_checkpoint
-from stilts.metrics import compute_metrics, predictions_from_logits
+from stilts.metrics import compute_metrics
 from stilts.modeling import loss_fn, unwrap
 
 logger = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm.weight", "LayerNorm.bias", "adapter.down_project.weight", "adapter.up_project.weight")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    train_batch_size: int = 32          # examples per optimizer step, over all processes
-    gradient_accumulation_steps: int = 1
-    eval_batch_size: int = 32
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_proportion: float = 0.1
-    num_train_epochs: float = 3.0
-    max_grad_norm: float = 1.0          # 0 disables clipping
-    adam_epsilon: float = 1e-6          # BERT's value
-    seed: int = 0
-    group_by_length: bool = True        # length-grouped batches (False: plain random batches)
-    pad_to_max_length: bool = False     # the seed's fixed padding to max_seq_length
-    max_seq_length: int = 128
-    precision: str = "fp32"             # fp32 | bf16 | fp16
-    loss_scale: float = 0.0             # fp16: 0 = dynamic, > 0 = fixed starting scale
-    torch_compile: bool = False
-    save_every: int = 0                 # checkpoint every N optimizer steps (0: never)
-    save_mode: str = "all"
-    verbose: bool = True
 
 
 def epoch_batches(lengths, batch_size, seed, epoch, group_by_length, bucket_batches=50):
@@ -80,61 +56,82 @@ def epoch_batches(lengths, batch_size, seed, epoch, group_by_length, bucket_batc
     return batches
 
 
-def reuse_gradient_buffer(embedding):
-    """Give an embedding matrix one gradient buffer for the whole run (CPU, one process).
+class StepWindow:
+    """Loss and bad steps since the host last looked, kept on the device: no sync per step."""
 
-    Its dense gradient (30522 x hidden floats for BERT's word pieces) is otherwise allocated afresh
-    each step, and the C allocator maps it from the OS, which zero-fills it page by page: 10-45 ms
-    of a ~600 ms bf16 MiniLM step on 2 cores. Here the lookup makes its sparse gradient (one row
-    per word piece in the batch), and a hook adds it into the kept buffer, so the clipping and the
-    optimizer see the same dense gradient as before. A second micro batch (gradient accumulation)
-    finds the dense gradient already there and autograd adds into it directly.
-    """
-    if not embedding.weight.requires_grad or embedding.sparse:  # frozen (adapters), or done already
-        return
-    buffer = None  # made at the first backward: evaluation-only runs never need it
+    def __init__(self, device):
+        self.device = device
+        self.reset()
 
-    def densify(weight):
-        nonlocal buffer
-        if not weight.grad.is_sparse:
-            return
-        if buffer is None:
-            buffer = torch.zeros_like(weight)
-        else:
-            buffer.zero_()
-        buffer.index_add_(0, weight.grad._indices()[0], weight.grad._values())
-        weight.grad = buffer
+    def reset(self):
+        self.sums = torch.zeros(3, device=self.device)  # loss, gradient norm, bad steps
+        self.first_bad = torch.tensor([-1.0, 0.0, 0.0], device=self.device)  # its step, loss, gradient norm
+        self.steps = 0
 
-    embedding.sparse = True
-    embedding.weight.register_post_accumulate_grad_hook(densify)
+    def add(self, mean_loss, grad_norm, bad, step):
+        """One step: this process's share of the batch's mean loss, the gradient norm, whether it was bad."""
+        first = bad & (self.sums[2] == 0)
+        self.first_bad = torch.where(first, torch.stack([torch.full_like(grad_norm, step), mean_loss, grad_norm]),
+                                     self.first_bad)
+        finite_norm = torch.nan_to_num(grad_norm, nan=0.0, posinf=0.0)  # an fp16 overflow the scaler skipped: 0
+        self.sums += torch.stack([mean_loss, finite_norm, bad.float()])
+        self.steps += 1
+
+    def collect(self, ctx):
+        """In one sync, then a new window: the mean loss over the window and all processes, the mean
+        gradient norm, and (step, what, value) of the first bad step or None."""
+        sums = distributed.all_reduce_sum(ctx, self.sums)
+        loss, grad_norm, bad_steps, step, bad_loss, norm = torch.cat([sums, self.first_bad]).tolist()
+        loss /= max(self.steps, 1)  # the processes' shares add up to each batch's mean
+        grad_norm /= max(self.steps, 1) * ctx.world_size  # the same on every process: DDP averaged the gradients
+        self.reset()
+        if bad_steps == 0:
+            return loss, grad_norm, None
+        what, value = ("training loss", bad_loss) if not math.isfinite(bad_loss) else ("gradient norm", norm)
+        return loss, grad_norm, (int(step) if step > 0 else None, what, value)  # None: another process's step
 
 
 class Trainer:
-    def __init__(self, model, task, config, ctx, output_dir, run_args):
+    """Trains and scores one model as `settings` (stilts.settings.TrainSettings, seed drawn) say.
+
+    max_seq_length is the fixed padding width of --pad_to_max_length; run_args (the run's flags)
+    go into every checkpoint, as the seed's do; a reporter (stilts.reporting) gets the curves.
+    """
+
+    def __init__(self, model, task, settings, ctx, output_dir, run_args, max_seq_length=128, verbose=True,
+                 reporter=None):
+        if settings.seed < 0:
+            raise ValueError(f"the Trainer needs a drawn seed, got {settings.seed}")
         self.task = task
-        self.config = config
+        self.settings = settings
         self.ctx = ctx
         self.output_dir = output_dir
-        self.run_args = run_args  # recorded in every checkpoint, as the seed does
+        self.run_args = run_args
+        self.max_seq_length = max_seq_length
+        self.verbose = verbose
         self.model = model.to(ctx.device)
-        if ctx.device.type == "cpu" and not ctx.enabled and not config.torch_compile:
-            reuse_gradient_buffer(unwrap(model).bert.embeddings.word_embeddings)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+        if ctx.device.type == "cpu" and not ctx.enabled and not settings.torch_compile:
+            speedups.reuse_gradient_buffer(unwrap(model).bert.embeddings.word_embeddings)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
         if ctx.is_main:  # one line per run, not one per process
-            warn_if_slow_bf16(ctx.device, config.precision)
+            warn_if_slow_bf16(ctx.device, settings.precision)
         self.scaler = torch.amp.GradScaler(
-            ctx.device.type, enabled=config.precision == "fp16",
-            init_scale=config.loss_scale or 2.0 ** 16,
-            growth_interval=2 ** 31 - 1 if config.loss_scale else 2000)
+            ctx.device.type, enabled=settings.precision == "fp16",
+            init_scale=settings.loss_scale or 2.0 ** 16,
+            growth_interval=2 ** 31 - 1 if settings.loss_scale else 2000)
         # `compiled` runs evaluation; `wrapped` (DDP around it) runs training. Evaluating through DDP
         # would broadcast buffers on every forward and hang when ranks score different batch counts.
-        self.compiled = torch.compile(self.model, dynamic=True) if config.torch_compile else self.model
+        self.compiled = torch.compile(self.model, dynamic=True) if settings.torch_compile else self.model
         self.wrapped = self.compiled
         if ctx.enabled:
             device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(self.compiled, device_ids=device_ids)
         self.optimizer = None
         self.scheduler = None
+        self.last_validation = None  # the dev scores after the last epoch trained, for --do_val_history
+        self.window = StepWindow(ctx.device)
+        self.reporter = reporter
+        self.global_step = 0  # the optimizer steps the weights have taken (the curves' x axis)
 
     # ----------------------------------------------------------------------------- helpers
     def _autocast(self):
@@ -143,7 +140,7 @@ class Trainer:
         return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
 
     def _batch(self, features, indices):
-        pad_to = self.config.max_seq_length if self.config.pad_to_max_length else None
+        pad_to = self.max_seq_length if self.settings.pad_to_max_length else None
         return {k: v.to(self.ctx.device, non_blocking=True) for k, v in collate(features, indices, pad_to).items()}
 
     def _forward(self, model, batch):
@@ -154,15 +151,16 @@ class Trainer:
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         groups = [
             {"params": [p for n, p in params if not any(nd in n for nd in NO_DECAY)],
-             "weight_decay": self.config.weight_decay},
+             "weight_decay": self.settings.weight_decay},
             {"params": [p for n, p in params if any(nd in n for nd in NO_DECAY)], "weight_decay": 0.0},
         ]
         # The fused kernel reads each parameter once per step (foreach makes ~10 passes): on CPU this is
         # a good share of a MiniLM step, since the 30k-row word embeddings are updated every step.
         fused = self.ctx.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.AdamW(groups, lr=self.config.learning_rate, eps=self.config.adam_epsilon,
+        self.optimizer = torch.optim.AdamW(groups, lr=self.settings.learning_rate, eps=self.settings.adam_epsilon,
                                            fused=fused, foreach=not fused)
-        warmup = int(self.config.warmup_proportion * total_steps)
+        self.skip_on_device = fused  # the fused kernel can skip a bad step without the host looking
+        warmup = int(self.settings.warmup_proportion * total_steps)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total_steps)
 
     def save(self, path, save_mode, train_state=None):
@@ -176,7 +174,7 @@ class Trainer:
     # ----------------------------------------------------------------------------- training
     def train(self, features, val_features=None, resume=None):
         """Train for num_train_epochs; returns the per-epoch dev results if val_features is given."""
-        cfg = self.config
+        cfg = self.settings
         lengths = features.lengths
         steps_per_epoch = math.ceil(len(features) / cfg.train_batch_size)
         total_steps = max(1, round(steps_per_epoch * cfg.num_train_epochs))
@@ -185,12 +183,14 @@ class Trainer:
         history = {}
         if resume is not None:
             position, history = self._restore(resume, total_steps)
-        if self.ctx.is_main and cfg.verbose:
+        self.global_step = position["global_step"]
+        if self.ctx.is_main and self.verbose:
             logger.info("training: %d examples, batch %d, %d steps (%d per epoch)",
                         len(features), cfg.train_batch_size, total_steps, steps_per_epoch)
 
-        show = self.ctx.is_main and cfg.verbose
+        show = self.ctx.is_main and self.verbose
         started, self.train_examples = time.perf_counter(), 0
+        self._examples_since, self._since = 0, started
         epochs_bar = tqdm(total=math.ceil(total_steps / steps_per_epoch), desc="Epoch", disable=not show,
                           initial=position["epoch"])
         self.wrapped.train()
@@ -199,20 +199,26 @@ class Trainer:
             batches = epoch_batches(lengths, cfg.train_batch_size, cfg.seed, epoch, cfg.group_by_length)
             last_batch = min(len(batches), position["batch"] + total_steps - position["global_step"])
             steps_bar = tqdm(range(position["batch"], last_batch), desc="Training", leave=False, disable=not show)
-            running = []
             for b in steps_bar:
-                loss = self._train_step(features, batches[b], position)
+                self._train_step(features, batches[b], position)
                 position["global_step"] += 1
                 position["batch"] = b + 1
-                running.append(loss)
+                self.global_step = position["global_step"]
                 self.train_examples += len(batches[b])
-                steps_bar.set_postfix(loss=f"{np.mean(running[-50:]):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                if cfg.save_every and (position["global_step"] % cfg.save_every == 0 or b == len(batches) - 1):
+                self._examples_since += len(batches[b])
+                saving = cfg.train_save_every and (position["global_step"] % cfg.train_save_every == 0
+                                                   or b == len(batches) - 1)
+                # The host waits for the device only here: to log, and before a checkpoint or the end.
+                if saving or position["global_step"] % cfg.logging_steps == 0 or b == last_batch - 1:
+                    loss = self._check_window(position, steps_per_epoch)
+                    steps_bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if saving:
                     self._save_periodic(epoch, b, position, history)
             steps_bar.close()
             if val_features is not None:
-                result = self.validate(val_features)
+                result = self.last_validation = self.validate(val_features)
                 history[str(epoch)] = {"loss": result["loss"], "metrics": result["metrics"]}
+                self.report_eval({**result["metrics"], "loss": result["loss"]})
                 self.wrapped.train()
             position = {"epoch": epoch + 1, "batch": 0, "global_step": position["global_step"]}
             epochs_bar.update(1)
@@ -222,7 +228,7 @@ class Trainer:
 
     def _train_step(self, features, global_indices, position):
         """One optimizer step over a global batch; returns its mean training loss."""
-        cfg, ctx = self.config, self.ctx
+        cfg, ctx = self.settings, self.ctx
         n_global = len(global_indices)
         micro_batches = np.array_split(global_indices, cfg.gradient_accumulation_steps)
         loss_sum = torch.zeros((), device=ctx.device)
@@ -239,27 +245,47 @@ class Trainer:
                 loss = loss_fn(logits, batch["labels"], unwrap(self.model).regression, reduction="sum") * weight
                 self.scaler.scale(loss * (ctx.world_size / n_global)).backward()
             loss_sum += loss.detach()
-        mean_loss = distributed.all_reduce_sum(ctx, loss_sum.item()) / n_global
-        if not math.isfinite(mean_loss):  # the unscaled loss: no loss scale can fix a non-finite forward
-            self._stop_on_non_finite("training loss", mean_loss, position)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or math.inf)
-        if not self.scaler.is_enabled() and not torch.isfinite(grad_norm):  # stop before the update spoils the weights
-            self._stop_on_non_finite("gradient norm", grad_norm.item(), position)
-        self.scaler.step(self.optimizer)  # with fp16, a step whose gradients overflowed is skipped
+        # A non-finite loss (no loss scale can fix the forward), or in fp32/bf16 a non-finite gradient,
+        # is a bad step: its update is skipped on the device (fp16: the scaler skips overflows), and
+        # the host learns of it at the next check, before any checkpoint.
+        bad = ~torch.isfinite(loss_sum)
+        if not self.scaler.is_enabled():
+            bad |= ~torch.isfinite(grad_norm)
+            if self.skip_on_device:
+                self.optimizer.found_inf = bad.float()  # read by the fused AdamW kernel: no update when 1
+            elif bad.item():  # an optimizer without found_inf: the host must look at every step
+                self.window.add(loss_sum / n_global, grad_norm.float(), bad, position["global_step"] + 1)
+                self._check_window(position, None)
+        self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return mean_loss
+        self.window.add(loss_sum / n_global, grad_norm.float(), bad, position["global_step"] + 1)
 
-    def _stop_on_non_finite(self, what, value, position):
-        """The weights are still those of the last step whose loss and gradients were finite: keep them, then stop."""
+    def _check_window(self, position, steps_per_epoch):
+        """Bring the steps since the last check to the host (one sync, one all-reduce): their mean
+        loss; if one of them was bad, keep the weights (no bad step updated them) and stop."""
+        loss, grad_norm, first_bad = self.window.collect(self.ctx)
+        if self.reporter is not None:
+            now = time.perf_counter()
+            self.reporter.scalars("train", {"loss": loss, "learning_rate": self.scheduler.get_last_lr()[0],
+                                            "grad_norm": grad_norm,
+                                            "examples_per_s": self._examples_since / (now - self._since)},
+                                  position["global_step"])
+            self._examples_since, self._since = 0, now
+        if first_bad is None:
+            return loss
+        step, what, value = first_bad
+        where = f"step {step}" if step else "a step of another process"
+        if step and steps_per_epoch:
+            epoch, batch = divmod(step - 1, steps_per_epoch)
+            where += f" (epoch {epoch}, batch {batch})"
         path = os.path.join(self.output_dir, "all_state___last_good.p")
         self.optimizer.zero_grad(set_to_none=True)
         self.save(path, "all", train_state=self._train_state(position, {}))
-        raise StiltsError(f"{what} is {value} at step {position['global_step'] + 1} (epoch {position['epoch']}, "
-                          f"batch {position['batch']}); stopped. The last good weights are in {path}. "
-                          f"Try a lower --learning_rate, or fp32 instead of --fp16/--bf16")
+        raise NonFiniteTraining(what, value, where, position["global_step"], path)
 
     def _train_state(self, position, history):
         """Where training stands, with every process's RNG state: dropout continues exactly on resume."""
@@ -267,25 +293,22 @@ class Trainer:
         if self.ctx.device.type == "cuda":
             rng["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
         return {"epoch": position["epoch"], "batch": position["batch"], "global_step": position["global_step"],
-                "seed": self.config.seed, "val_history": history,
+                "seed": self.settings.seed, "val_history": history,
                 "rng_per_rank": distributed.all_gather_objects(self.ctx, rng)}
 
     def _save_periodic(self, epoch, batch, position, history):
         name = f"all_state___epoch{epoch:04d}___batch{batch:06d}.p"
-        self.save(os.path.join(self.output_dir, name), self.config.save_mode, self._train_state(position, history))
+        self.save(os.path.join(self.output_dir, name), self.settings.bert_save_mode, self._train_state(position, history))
 
     def _restore(self, checkpoint, total_steps):
         """Optimizer, schedule, scaler, RNG and position of a `state_all` checkpoint."""
         missing = [k for k in ("optimizer", "scheduler", "train_state") if k not in checkpoint]
         if missing:
-            raise StiltsError(f"--bert_load_mode state_all: the checkpoint has no {', '.join(missing)} "
-                              f"(saved with --bert_save_mode model_all/model_tunable?); resuming needs one "
-                              f"written with --bert_save_mode all or tunable")
+            raise CannotResume(missing=missing)
         previous = checkpoint.get("args") or {}
         for flag in ("train_batch_size", "train_examples_number"):  # they fix the batches: same data order
             if flag in previous and flag in self.run_args and previous[flag] != self.run_args[flag]:
-                raise StiltsError(f"--bert_load_mode state_all: the checkpoint's run used --{flag} {previous[flag]}, "
-                                  f"this one {self.run_args[flag]}; resuming needs the same value")
+                raise CannotResume(setting=flag, then=previous[flag], now=self.run_args[flag])
         # checkpoints.check_resume_state found these to be dicts and train_state complete; what is
         # inside the dicts is checked by torch's load_state_dict, which fails with any of these errors.
         parts = {"optimizer": self.optimizer, "scheduler": self.scheduler}
@@ -301,9 +324,9 @@ class Trainer:
         state = checkpoint["train_state"]
         if state["global_step"] > total_steps:
             raise StiltsError(f"the checkpoint is at step {state['global_step']} but this run has only {total_steps} steps")
-        if state.get("seed") is not None and state["seed"] != self.config.seed:
+        if state.get("seed") is not None and state["seed"] != self.settings.seed:
             logger.warning("resuming with seed %s; the checkpoint's run used %s: the data order changes",
-                           self.config.seed, state["seed"])
+                           self.settings.seed, state["seed"])
         rngs = state["rng_per_rank"]
         if len(rngs) != self.ctx.world_size:
             logger.warning("resuming on %d processes, the checkpoint's run had %d: same batches, other dropout masks",
@@ -321,7 +344,7 @@ class Trainer:
         Batches are formed from length-sorted examples (least padding); each process scores every
         world_size-th batch and the results are gathered, so every process gets the full logits.
         """
-        cfg, ctx = self.config, self.ctx
+        cfg, ctx = self.settings, self.ctx
         if cfg.pad_to_max_length:
             order = np.arange(len(features))
         else:
@@ -332,7 +355,7 @@ class Trainer:
         model.eval()
         results, loss_sum = [], torch.zeros((), device=ctx.device)
         with torch.inference_mode():
-            for indices in tqdm(mine, desc=desc, leave=False, disable=not (ctx.is_main and cfg.verbose)):
+            for indices in tqdm(mine, desc=desc, leave=False, disable=not (ctx.is_main and self.verbose)):
                 batch = self._batch(features, indices)
                 logits = self._forward(model, batch).float()
                 loss_sum += loss_fn(logits, batch["labels"], unwrap(self.model).regression, reduction="sum")
@@ -346,9 +369,14 @@ class Trainer:
         total_loss = sum(loss for _, loss in gathered)
         return all_logits, total_loss / len(features)
 
+    def report_eval(self, scores):
+        """Dev scores (metrics and loss) to the reporter, at the step the weights are from."""
+        if self.reporter is not None:
+            self.reporter.scalars("eval", scores, self.global_step)
+
     def validate(self, features, task=None):
         """{"logits", "loss", "metrics"} on a labeled split (task: e.g. mnli-mm for its metric keys)."""
         task = task or self.task
         logits, loss = self.predict(features, desc=f"Evaluating ({task.name} dev)")
-        preds = predictions_from_logits(logits, task.is_regression)
+        preds = task.predictions(logits)
         return {"loss": loss, "metrics": compute_metrics(task.name, preds, features.labels), "logits": logits}

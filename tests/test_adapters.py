@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import BertConfig
 
 from conftest import FIXTURES, REPO, run_train
-from stilts import pipeline
+from stilts.cli import run as stilts_run
 from stilts.adapters import Adapter
 from stilts.checkpoints import load_weights
 from stilts.errors import StiltsError
@@ -276,7 +276,7 @@ def test_pipeline_with_adapters(tiny_bert_dir, adapter_config, tmp_path):
     """stilts-run --adapters: a model_tunable stage A, and STILTs runs over --bert_model's base weights."""
     out = tmp_path / "study"
     result = subprocess.run(
-        [sys.executable, "-m", "stilts.pipeline", "--adapters", "--intermediate", "mnli", "--targets", "rte",
+        [sys.executable, "-m", "stilts.cli.run", "--adapters", "--intermediate", "mnli", "--targets", "rte",
          "--restarts", "1", "--no_test", "--bert_model", tiny_bert_dir, "--glue_dir", FIXTURES, "--output_dir", out,
          "--bert_config_json_path", adapter_config, "--do_lower_case", "--not-verbose", "--num_train_epochs", "1",
          "--train_examples_number", "8", "--train_batch_size", "4", "--max_seq_length", "64"],
@@ -292,7 +292,7 @@ def test_pipeline_with_adapters(tiny_bert_dir, adapter_config, tmp_path):
 
 def test_pipeline_adapters_needs_an_adapter_config(tiny_bert_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        pipeline.main(["--adapters", "--intermediate", "mnli", "--targets", "rte", "--restarts", "1",
+        stilts_run.main(["--adapters", "--intermediate", "mnli", "--targets", "rte", "--restarts", "1",
                        "--bert_model", tiny_bert_dir, "--glue_dir", FIXTURES, "--output_dir", str(tmp_path / "s")])
     assert exit_info.value.code == 2 and "--bert_config_json_path" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "s")

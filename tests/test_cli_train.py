@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from conftest import FIXTURES, run_train
-from test_hostile import refused
+from stilts.cli.train import main as train_main
+from stilts.trainer import Trainer
+from test_hostile import refused, rte_args
 from stilts.tasks import get_task, read_examples
 
 COMMON = ["--do_lower_case", "--not-verbose", "--seed", "3", "--eval_batch_size", "64", "--train_batch_size", "8",
@@ -118,7 +120,7 @@ def test_bad_input_is_one_line_exit_2(tiny_bert_dir, glue_env, tmp_path, capsys,
     base = ["--bert_model", tiny_bert_dir, "--not-verbose"]
     assert "unknown task 'nope'" in refused(
         capsys, "--task_name", "nope", "--do_val", "--output_dir", tmp_path / "a", *base)
-    assert "unknown --bert_load_mode 'magic'" in refused(
+    assert "--bert_load_mode/--bert-load-mode: invalid choice: 'magic'" in refused(
         capsys, "--task_name", "rte", "--do_val", "--bert_load_mode", "magic", "--output_dir", tmp_path / "b", *base)
     assert "train.tsv: file not found" in refused(
         capsys, "--task_name", "rte", "--do_train", "--data_dir", tmp_path, "--output_dir", tmp_path / "c", *base)
@@ -143,3 +145,17 @@ def test_existing_output_folder_is_left_alone(tiny_bert_dir, glue_env, tmp_path)
                        check=False, env=glue_env)
     assert_clean_failure(result, "not empty", "--force-overwrite")
     assert os.listdir(out) == ["val_preds.csv"] and (out / "val_preds.csv").read_text() == "precious\n"
+
+
+def test_dev_set_is_scored_once_per_epoch_with_val_history(tiny_bert_dir, tmp_path, monkeypatch):
+    """--do_val after --do_val_history reuses the last epoch's scores: the same weights, scored once."""
+    scored = []
+    predict = Trainer.predict
+    monkeypatch.setattr(Trainer, "predict", lambda self, features, desc="": (scored.append(desc),
+                                                                           predict(self, features, desc))[1])
+    out = tmp_path / "out"
+    train_main(rte_args(tiny_bert_dir, out, "--do_train", "--do_val", "--do_val_history", "--num_train_epochs", "2",
+                        "--data_dir", os.path.join(FIXTURES, "RTE")))
+    assert scored == ["Evaluating (rte dev)"] * 2
+    history = json.load(open(out / "val_metrics_history.json"))
+    assert json.load(open(out / "val_metrics.json")) == history["1"]

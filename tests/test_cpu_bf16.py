@@ -16,7 +16,8 @@ from stilts import cpu
 from stilts.distributed import DistContext
 from stilts.modeling import ModelSource, build_model
 from stilts.tasks import get_task
-from stilts.trainer import TrainConfig, Trainer
+from stilts.settings import TrainSettings
+from stilts.trainer import Trainer
 
 X86 = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx avx2 fma {}\nvmx flags\t: ept\nbugs\t\t:\n"
 ARM = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve {}\nCPU implementer\t: 0x41\n"
@@ -57,7 +58,8 @@ def no_bf16_cpu(monkeypatch):
 def test_trainer_warns_once_for_bf16_only(precision, expected, no_bf16_cpu, tiny_bert_dir, tmp_path, caplog):
     rte = get_task("rte")
     model = build_model(ModelSource(tiny_bert_dir).config(), rte)
-    Trainer(model, rte, TrainConfig(precision=precision, verbose=False), DistContext(), str(tmp_path), run_args={})
+    Trainer(model, rte, TrainSettings(bf16=precision == "bf16", seed=0), DistContext(), str(tmp_path), run_args={},
+            verbose=False)
     logged = warnings_logged(caplog)
     assert len(logged) == expected, logged
     if expected:

@@ -1,10 +1,13 @@
 """The cheap CPU dropout draws the same distribution as torch's, replays under a seed, and is what
 a training forward on the CPU uses (torch's bernoulli dropout never runs there)."""
+import collections
+
 import pytest
 import torch
 
 from stilts import dropout
 from stilts.modeling import ModelSource, build_model
+from stilts.speedups import reuse_gradient_buffer
 from stilts.tasks import get_task
 
 
@@ -98,3 +101,36 @@ def test_math_attention_gradients_match_masking_and_dropout_done_plainly():
     torch.testing.assert_close(out, expected)
     for got, want in zip(grads, torch.autograd.grad(expected, (q, k, v), upstream)):
         torch.testing.assert_close(got, want)
+
+
+def test_speed_paths_are_called_and_one_switch_turns_them_off(tiny_bert_dir, monkeypatch):
+    """Fails loudly if transformers stops calling stilts' dropout or attention (after an upgrade, say)."""
+    calls = collections.Counter()
+
+    def counting(name, real):
+        def spy(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return spy
+
+    monkeypatch.setattr(dropout.Dropout, "forward", counting("stilts dropout", dropout.Dropout.forward))
+    monkeypatch.setattr(dropout, "math_attention", counting("stilts attention", dropout.math_attention))
+    monkeypatch.setattr(torch.nn.functional, "dropout", counting("torch dropout", torch.nn.functional.dropout))
+    config = ModelSource(tiny_bert_dir).config()
+    ids = torch.randint(1000, 2000, (2, 7))
+    layers = config.num_hidden_layers
+
+    model = build_model(config, get_task("rte")).train()
+    model(ids, torch.ones_like(ids), torch.zeros_like(ids))
+    # Embeddings, each layer's attention output and feed-forward output, the head: all stilts' masks.
+    assert calls == {"stilts dropout": 2 * layers + 2, "stilts attention": layers}
+
+    calls.clear()
+    monkeypatch.setenv("STILTS_SPEEDUPS", "0")
+    plain = build_model(config, get_task("rte")).train()
+    plain(ids, torch.ones_like(ids), torch.zeros_like(ids))
+    assert calls == {"torch dropout": 2 * layers + 2}  # attention dropout is inside torch's SDPA
+    assert plain.bert.config._attn_implementation == "sdpa"
+    embedding = plain.bert.embeddings.word_embeddings
+    reuse_gradient_buffer(embedding)
+    assert not embedding.sparse, "the kept gradient buffer is off too"

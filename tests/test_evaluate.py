@@ -11,15 +11,14 @@ import pytest
 
 from conftest import FIXTURES, REPO, run_train
 from stilts.cli import evaluate
-from stilts.features import encode_labels
 from stilts.io import write_logits_csv
-from stilts.metrics import compute_metrics, predictions_from_logits
+from stilts.metrics import compute_metrics
 from stilts.tasks import get_task, read_examples
 
 
 def dev_labels(task, data_dir):
     """The labels as the trainer holds them (float32 STS-B scores)."""
-    return encode_labels(read_examples(task, "dev", data_dir), task)
+    return task.label_ids(read_examples(task, "dev", data_dir))
 
 
 def random_logits(task, rows):
@@ -29,7 +28,7 @@ def random_logits(task, rows):
 
 def expected_metrics(task, logits, data_dir):
     """What the trainer computes from its in-memory logits."""
-    return compute_metrics(task.name, predictions_from_logits(logits, task.is_regression), dev_labels(task, data_dir))
+    return compute_metrics(task.name, task.predictions(logits), dev_labels(task, data_dir))
 
 
 def run_evaluate(capsys, *argv):

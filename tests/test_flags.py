@@ -3,7 +3,7 @@ by glue/train.py, and by stilts-run before its first run."""
 import pytest
 
 from conftest import FIXTURES
-from stilts import pipeline
+from stilts.cli import run as stilts_run
 from stilts.cli.train import main
 from test_hostile import RTE, refused, rte_args
 
@@ -54,7 +54,7 @@ def test_stilts_run_refuses_bad_pass_through_flags_before_stage_a(tiny_bert_dir,
                                                                    expected):
     out = tmp_path / "study"
     with pytest.raises(SystemExit) as stop:
-        pipeline.main(["--intermediate", "mnli", "--targets", "rte", "--restarts", "1", "--bert_model",
+        stilts_run.main(["--intermediate", "mnli", "--targets", "rte", "--restarts", "1", "--bert_model",
                        tiny_bert_dir, "--glue_dir", FIXTURES, "--output_dir", str(out), *extra])
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1 and expected in err, err

@@ -157,7 +157,7 @@ def test_regression_label_must_be_a_finite_number(tmp_path, score):
     (["--do_train", "--data_dir", "{tmp}"], "train.tsv: file not found (needed by --do_train for rte)"),
     (["--do_val", "--data_dir", RTE, "--task_name", "glu"], "unknown task 'glu'"),
     (["--do_val", "--data_dir", RTE, "--bert_load_mode", "state_everything"],
-     "unknown --bert_load_mode 'state_everything'"),
+     "--bert_load_mode/--bert-load-mode: invalid choice: 'state_everything'"),
 ])
 def test_bad_arguments(tiny_bert_dir, tmp_path, capsys, extra, expected):
     extra = [str(tmp_path) if a == "{tmp}" else a for a in extra]

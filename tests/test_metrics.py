@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from stilts.metrics import compute_metrics, majority_baseline, predictions_from_logits
+from stilts.metrics import compute_metrics, majority_baseline
+from stilts.tasks import get_task
 
 
 def test_accuracy_tasks():
@@ -37,5 +38,5 @@ def test_correlations():
 def test_majority_baseline_and_predictions():
     assert majority_baseline("rte", [0, 0, 1], [0, 1, 1, 1]) == {"acc": 0.25}
     assert majority_baseline("cola", [1, 1, 0], [0, 1, 1])["mcc"] == 0.0
-    assert list(predictions_from_logits([[0.1, 0.9], [2.0, -1.0]], False)) == [1, 0]
-    assert list(predictions_from_logits([[3.5], [1.25]], True)) == [3.5, 1.25]
+    assert list(get_task("rte").predictions([[0.1, 0.9], [2.0, -1.0]])) == [1, 0]
+    assert list(get_task("stsb").predictions([[3.5], [1.25]])) == [3.5, 1.25]

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, REPO, TRAIN_PY, refused_by
-from stilts import pipeline, run_folder
+from stilts import run_folder
+from stilts.cli import run as stilts_run
 from stilts.cli import evaluate, format_for_glue, make_submission
 from stilts.cli.train import main as train_main
 from stilts.errors import StiltsError
@@ -82,7 +83,7 @@ def writing_commands(tiny_bert_dir, inputs, out):
         ("glue/train.py", train_main, train),
         ("features cache", train_main, rte_args(tiny_bert_dir, inputs / "train-out", "--do_val", "--data_dir", RTE,
                                                 "--features_cache_dir", out)),
-        ("stilts-run", pipeline.main, ["--intermediate", "mnli", "--targets", "rte", "--restarts", "1",
+        ("stilts-run", stilts_run.main, ["--intermediate", "mnli", "--targets", "rte", "--restarts", "1",
                                        "--bert_model", tiny_bert_dir, "--glue_dir", FIXTURES, "--output_dir", out]),
         ("make_submission", make_submission.main, [inputs / "IN", out]),
         ("format_for_glue", format_for_glue.main, ["-i", inputs / "IN", "-o", out]),
@@ -183,7 +184,7 @@ def test_full_disk_during_a_checkpoint(small_disk, tiny_bert_dir, capsys):
         {name: earlier[name] for name in ("val_preds.csv", "val_metrics.json")}
     status = json.loads(files["run_status.json"])
     assert status["state"] == "failed" and "all_state.p: cannot write: the disk is full" in status["error"]
-    assert not pipeline.Run("rte", str(out), [], ("val_metrics.json",)).finished()
+    assert not stilts_run.Run("rte", str(out), [], ("val_metrics.json",)).finished()
 
 
 def test_full_disk_during_the_features_cache(small_disk, tiny_bert_dir, tmp_path, capsys):
@@ -217,7 +218,7 @@ def test_failed_run_marks_its_folder(tiny_bert_dir, tmp_path, capsys, monkeypatc
     out = tmp_path / "run"
     train_main(rte_args(tiny_bert_dir, out, "--do_val", "--data_dir", RTE))
     assert run_folder.state(out) == "finished"
-    finished = pipeline.Run("rte", str(out), [], ("val_metrics.json",))
+    finished = stilts_run.Run("rte", str(out), [], ("val_metrics.json",))
     assert finished.finished()
 
     def crash(self, *args, **kwargs):
@@ -277,7 +278,7 @@ def test_second_study_on_one_folder_is_refused(tiny_bert_dir, tmp_path, capsys):
                                str(study)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert holder.stdout.readline().strip() == "held"
-        err = refused_by(capsys, pipeline.main, ["--intermediate", "mnli", "--targets", "rte", "--restarts", "1",
+        err = refused_by(capsys, stilts_run.main, ["--intermediate", "mnli", "--targets", "rte", "--restarts", "1",
                                               "--bert_model", tiny_bert_dir, "--glue_dir", FIXTURES,
                                               "--output_dir", study])
         assert f"{study}: in use by process {holder.pid}" in err

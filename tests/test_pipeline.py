@@ -12,8 +12,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from conftest import FIXTURES, REPO
-from stilts import pipeline
-from stilts.features import encode_labels
+from stilts.cli import run as stilts_run
 from stilts.metrics import majority_baseline
 from stilts.tasks import get_task, read_examples
 
@@ -33,7 +32,7 @@ def study(tmp_path_factory, tiny_bert_dir):
     """The study run as a user runs it: the console command in a subprocess."""
     out = tmp_path_factory.mktemp("study") / "out"
     env = dict(os.environ, STILTS_CACHE_DIR=str(out.parent / "cache"))
-    result = subprocess.run([sys.executable, "-m", "stilts.pipeline", *study_argv(out, tiny_bert_dir)],
+    result = subprocess.run([sys.executable, "-m", "stilts.cli.run", *study_argv(out, tiny_bert_dir)],
                             capture_output=True, text=True, cwd=REPO, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result
@@ -45,7 +44,7 @@ def read_json(path):
 
 
 def run_dirs(out):
-    return {(t, v, s): out / t / v / f"seed_{s}" for t in TARGETS for v in pipeline.VARIANTS for s in SEEDS}
+    return {(t, v, s): out / t / v / f"seed_{s}" for t in TARGETS for v in stilts_run.VARIANTS for s in SEEDS}
 
 
 def test_folder_layout_and_run_settings(study):
@@ -74,12 +73,12 @@ def test_summary_recomputed_from_val_metrics(study):
     for target in TARGETS:
         task = get_task(target)
         folder = os.path.join(FIXTURES, task.folder)
-        train = encode_labels(read_examples(task, "train", folder), task)
-        dev = encode_labels(read_examples(task, "dev", folder), task)
+        train = task.label_ids(read_examples(task, "train", folder))
+        dev = task.label_ids(read_examples(task, "dev", folder))
         baseline = majority_baseline(target, train, dev)[task.metric]
         entry = summary["targets"][target]
         assert entry["majority_baseline"] == pytest.approx(baseline)
-        for variant in pipeline.VARIANTS:
+        for variant in stilts_run.VARIANTS:
             s = entry[variant]
             assert set(s) == {"metric", "runs", "mean", "std", "min", "max", "degenerate", "best_dir"}
             values = [read_json(out / target / variant / f"seed_{seed}" / "val_metrics.json")["metrics"][task.metric]
@@ -114,7 +113,7 @@ def test_table_plot_and_stdout(study):
     assert table in result.stdout
     summary = read_json(out / "summary.json")
     for target in TARGETS:
-        for variant in pipeline.VARIANTS:
+        for variant in stilts_run.VARIANTS:
             s = summary["targets"][target][variant]
             row = (f"| {target} | {variant} | {s['metric']} | {100 * s['mean']:.1f} ± {100 * s['std']:.1f} "
                    f"| {100 * s['min']:.1f} | {100 * s['max']:.1f} | {s['degenerate']}/2 | {s['best_dir']} |")
@@ -134,7 +133,7 @@ def test_rerun_skips_finished_runs_and_redoes_a_crashed_one(study, tiny_bert_dir
     before = {p: p.stat().st_mtime_ns for p in metrics_files}
     checkpoint_time = (out / "intermediate_mnli" / "all_state.p").stat().st_mtime_ns
 
-    pipeline.main(study_argv(out, tiny_bert_dir))  # in-process: no run starts, so no subprocess
+    stilts_run.main(study_argv(out, tiny_bert_dir))  # in-process: no run starts, so no subprocess
     assert "0 run(s) done, 9 skipped as finished" in capfd.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in metrics_files} == before
     assert (out / "intermediate_mnli" / "all_state.p").stat().st_mtime_ns == checkpoint_time
@@ -142,7 +141,7 @@ def test_rerun_skips_finished_runs_and_redoes_a_crashed_one(study, tiny_bert_dir
     # A run that died before writing its metrics is redone in place; the others are kept.
     crashed = out / "rte" / "baseline" / "seed_2"
     (crashed / "val_metrics.json").unlink()
-    pipeline.main(study_argv(out, tiny_bert_dir))
+    stilts_run.main(study_argv(out, tiny_bert_dir))
     resumed = capfd.readouterr().out
     assert "1 run(s) done, 8 skipped as finished" in resumed
     assert f"redoing the unfinished run in {crashed}" in resumed and "--force-overwrite" in resumed
@@ -151,9 +150,9 @@ def test_rerun_skips_finished_runs_and_redoes_a_crashed_one(study, tiny_bert_dir
 
 
 def run_main(capsys, *argv):
-    """pipeline.main in-process, for a command line it must refuse: (exit status, stderr)."""
+    """stilts_run.main in-process, for a command line it must refuse: (exit status, stderr)."""
     with pytest.raises(SystemExit) as e:
-        pipeline.main(list(argv))
+        stilts_run.main(list(argv))
     return e.value.code, capsys.readouterr().err
 
 
@@ -189,11 +188,11 @@ def test_missing_data_is_reported_before_training(capsys, tmp_path):
 
 
 def test_seeds():
-    assert pipeline.parse_seeds(None, 3) == [1, 2, 3]
-    assert pipeline.parse_seeds("7,3", None) == [7, 3]
+    assert stilts_run.parse_seeds(None, 3) == [1, 2, 3]
+    assert stilts_run.parse_seeds("7,3", None) == [7, 3]
     for bad in ("1,1", "a", "-1"):
         with pytest.raises(Exception, match="--seeds"):
-            pipeline.parse_seeds(bad, None)
+            stilts_run.parse_seeds(bad, None)
 
 
 def test_degenerate_and_best_rules(tmp_path):
@@ -207,8 +206,8 @@ def test_degenerate_and_best_rules(tmp_path):
         folder = tmp_path / f"seed_{seed}"
         folder.mkdir()
         (folder / "val_metrics.json").write_text(json.dumps({"loss": 1.0, "metrics": {"acc": value}}))
-        runs.append(pipeline.Run(f"rte seed {seed}", str(folder), [], ("val_metrics.json",), "rte", "stilts", seed))
-    s = pipeline.variant_summary(Args, "rte", runs, baseline=0.5)
+        runs.append(stilts_run.Run(f"rte seed {seed}", str(folder), [], ("val_metrics.json",), "rte", "stilts", seed))
+    s = stilts_run.variant_summary(Args, "rte", runs, baseline=0.5)
     assert s["degenerate"] == 3  # 0.5 (equal), 0.4, NaN
     assert s["best_dir"] == "seed_0"
     assert [r["seed"] for r in s["runs"]] == [0, 1, 2, 3, 4]
@@ -236,7 +235,7 @@ def test_summary_for_every_glue_task_with_its_real_label_strings(tmp_path):
     """Majority baseline, degenerate count and tables on each task's real labels (MRPC/QQP: '0'/'1')."""
     args = argparse.Namespace(intermediate="mnli", targets=list(GLUE_TASKS), glue_dir=FIXTURES,
                               output_dir=str(tmp_path), no_test=True)
-    baselines = pipeline.majority_baselines(args)
+    baselines = stilts_run.majority_baselines(args)
     runs = []
     for target in GLUE_TASKS:
         task = get_task(target)
@@ -246,10 +245,10 @@ def test_summary_for_every_glue_task_with_its_real_label_strings(tmp_path):
             folder = tmp_path / target / "stilts" / f"seed_{seed}"
             folder.mkdir(parents=True)
             (folder / "val_metrics.json").write_text(json.dumps({"loss": 0.5, "metrics": {task.metric: value}}))
-            runs.append(pipeline.Run(f"{target} seed {seed}", str(folder), [], ("val_metrics.json",),
+            runs.append(stilts_run.Run(f"{target} seed {seed}", str(folder), [], ("val_metrics.json",),
                                      target, "stilts", seed))
-    summary = pipeline.summarize(args, runs, baselines)
-    table = pipeline.markdown(args, summary)
+    summary = stilts_run.summarize(args, runs, baselines)
+    table = stilts_run.markdown(args, summary)
     for target in GLUE_TASKS:
         entry = summary["targets"][target]["stilts"]
         assert entry["degenerate"] == 2, target

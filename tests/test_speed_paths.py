@@ -22,7 +22,8 @@ from stilts.distributed import DistContext
 from stilts.features import collate, load_features, load_tokenizer
 from stilts.modeling import ModelSource, build_model
 from stilts.tasks import get_task
-from stilts.trainer import TrainConfig, Trainer, epoch_batches
+from stilts.settings import TrainSettings
+from stilts.trainer import Trainer, epoch_batches
 
 RTE = get_task("rte")
 RTE_DIR = os.path.join(FIXTURES, "RTE")
@@ -53,9 +54,10 @@ def dev_features(tokenizer):
 
 
 def make_trainer(model, tmp_path, **overrides):
-    settings = dict(eval_batch_size=8, learning_rate=1e-3, max_seq_length=MAX_LEN, verbose=False, seed=3)
+    settings = dict(eval_batch_size=8, learning_rate=1e-3, seed=3)
     settings.update(overrides)
-    return Trainer(copy.deepcopy(model), RTE, TrainConfig(**settings), DistContext(), str(tmp_path), run_args={})
+    return Trainer(copy.deepcopy(model), RTE, TrainSettings(**settings), DistContext(), str(tmp_path), run_args={},
+                   max_seq_length=MAX_LEN, verbose=False)
 
 
 def spy_on_widths(monkeypatch):
@@ -139,6 +141,20 @@ def test_one_step_on_the_same_batch_gives_the_same_weights(model, dev_features, 
         torch.testing.assert_close(dynamic, fixed, rtol=1e-5, atol=1e-6, msg=name)
         moved += int(not torch.equal(fixed, before.detach()))
     assert moved > len(start) // 2  # the step did update the weights
+
+
+def test_the_host_waits_for_the_device_only_at_its_checks(model, dev_features, tmp_path, monkeypatch):
+    """No .item() in the training loop: the loss and the non-finite check reach the host in one
+    transfer every --logging_steps steps and at each epoch's end."""
+    transfers = []
+    for name in ("item", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, _real=real, _name=name: (transfers.append(_name),
+                                                                                      _real(self))[1])
+    train = dev_features.subset(np.arange(40))  # 5 steps of 8 an epoch, 10 in all
+    trainer = make_trainer(model, tmp_path, train_batch_size=8, num_train_epochs=2, logging_steps=4)
+    trainer.train(train)
+    assert transfers == ["tolist"] * 4  # after steps 4, 5 (epoch end), 8 and 10
 
 
 def test_epoch_batches_are_a_seeded_permutation_of_similar_lengths():
@@ -265,7 +281,7 @@ def test_gpu_throughput_smoke_on_cpu(tiny_bert_dir, tmp_path):
 def test_kept_embedding_gradient_buffer_gives_torchs_gradient():
     """reuse_gradient_buffer: the same dense gradient as a plain nn.Embedding, in one buffer that
     every step reuses, and gradient accumulation over two backward passes still sums."""
-    from stilts.trainer import reuse_gradient_buffer
+    from stilts.speedups import reuse_gradient_buffer
 
     torch.manual_seed(0)
     plain = torch.nn.Embedding(50, 6)

@@ -1,5 +1,6 @@
 """Command-line entry points. Each `main()` runs under `report_errors`, which turns a
 `StiltsError` (bad user input) into one line on stderr and exit status 2, no traceback."""
+import argparse
 import functools
 import os
 import sys
@@ -20,3 +21,17 @@ def report_errors(main):
             print("interrupted", file=sys.stderr)
             sys.exit(130)
     return wrapper
+
+
+class OneLineErrors:
+    """argparse's errors in one line, like every other bad input (the usage is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """The commands' parser: one-line errors, and every flag's default in --help."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)

@@ -4,20 +4,16 @@
 `mm_val_preds.csv` next to it is scored too, with `mm-` keys, so the output equals the
 "metrics" of the trainer's val_metrics.json. `--task-name mnli-mm` scores the mismatched half alone.
 """
-import argparse
 import json
-import os
 
-from stilts import submission
-from stilts.cli import report_errors
-from stilts.errors import StiltsError
+from stilts.cli import ArgumentParser, report_errors
 from stilts.io import check_writable_file, write_json
-from stilts.tasks import get_task
+from stilts.tasks import get_task, resolve_data_dir
 
 
 @report_errors
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Compute GLUE dev metrics from a predictions file.")
+    parser = ArgumentParser(description="Compute GLUE dev metrics from a predictions file.")
     parser.add_argument("--task-name", required=True)
     parser.add_argument("--pred-file-path", required=True, help="logits, one row per dev example (val_preds.csv)")
     parser.add_argument("--task-data-dir", default=None, help="the task's GLUE folder (default: $GLUE_DIR/<folder>)")
@@ -30,13 +26,10 @@ def main(argv=None):
     task = get_task(args.task_name)
     if args.output_path is not None:
         check_writable_file(args.output_path, "--output-path")
-    data_dir = args.task_data_dir
-    if data_dir is None:
-        if not os.environ.get("GLUE_DIR"):
-            raise StiltsError(f"no data folder: pass --task-data-dir or set GLUE_DIR "
-                              f"(the folder holding {task.folder}/)")
-        data_dir = os.path.join(os.environ["GLUE_DIR"], task.folder)
-    metrics = submission.evaluate_predictions(task.name, args.pred_file_path, data_dir, args.mnli_mm_data_dir)
+    data_dir = resolve_data_dir(task, args.task_data_dir, flag="--task-data-dir")
+    from stilts import rescoring  # scikit-learn and SciPy: only once the flags are good
+
+    metrics = rescoring.evaluate_predictions(task.name, args.pred_file_path, data_dir, args.mnli_mm_data_dir)
     if not args.no_print:
         print(json.dumps(metrics, indent=2))
     if args.output_path is not None:

@@ -4,18 +4,17 @@ With `-t TASK`, `-i` is one run folder (`test_preds.csv`; for mnli also `mm_test
 Without it, `-i` holds one run folder per task (`IN/<task>/test_preds.csv`, `IN/mnli/mm_test_preds.csv`),
 and AX / WNLI fall back to the template when they have no predictions.
 """
-import argparse
 import os
 
 from stilts import submission
-from stilts.cli import report_errors
+from stilts.cli import ArgumentParser, report_errors
 from stilts.errors import StiltsError
 from stilts.io import check_writable_folder
 
 
 @report_errors
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Format test predictions for the GLUE leaderboard.")
+    parser = ArgumentParser(description="Format test predictions for the GLUE leaderboard.")
     parser.add_argument("-t", "--task-name", default=None,
                         help="one task (its run folder is -i); default: every task, one sub-folder each under -i")
     parser.add_argument("-i", "--input-base-path", required=True)

@@ -6,18 +6,17 @@
 The zip is written only when every found task exported and all eleven files pass validation;
 otherwise the report says what is wrong and the exit status is 2.
 """
-import argparse
 import os
 
 from stilts import submission
-from stilts.cli import report_errors
+from stilts.cli import ArgumentParser, report_errors
 from stilts.errors import StiltsError
 from stilts.io import check_writable_folder
 
 
 @report_errors
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Export, validate and zip a GLUE leaderboard submission.")
+    parser = ArgumentParser(description="Export, validate and zip a GLUE leaderboard submission.")
     parser.add_argument("input_base_path", nargs="?", help="one run folder per task: IN/<task>/test_preds.csv")
     parser.add_argument("output_base_path", help="where the eleven .tsv files and submission.zip go")
     parser.add_argument("--validate", action="store_true",

@@ -2,8 +2,8 @@
 
 Stage A fine-tunes the encoder on the intermediate task once. Every target task then trains from
 that checkpoint (STILTs) and, with --compare, from the plain model (baseline), once per seed. Each
-run is a `glue/train.py` subprocess with its own folder, so any glue/train.py flag passes through
-and a crash in one run leaves the others intact:
+run is a stilts-train (glue/train.py) subprocess with its own folder, so any glue/train.py flag passes
+through and a crash in one run leaves the others intact:
 
     OUT/intermediate_<task>/            stage A; its all_state.p is loaded by every STILTs run
     OUT/<target>/stilts/seed_<s>/       target runs from the stage A encoder (state_model_only)
@@ -13,7 +13,6 @@ and a crash in one run leaves the others intact:
 
 Repeating the command skips finished runs, so a study that crashed resumes where it stopped.
 """
-import argparse
 import dataclasses
 import json
 import os
@@ -25,33 +24,32 @@ import time
 
 import numpy as np
 
-from stilts import run_folder
-from stilts.cli import report_errors
+from stilts import resources, run_folder
+from stilts.cli import ArgumentParser, report_errors
 from stilts.cli import train as train_cli
 from stilts.errors import StiltsError
-from stilts.features import encode_labels
 from stilts.io import atomic_write, check_writable_folder, write_json
-from stilts.metrics import majority_baseline
-from stilts.modeling import WEIGHT_FILES, ModelSource
-from stilts.tasks import get_task, read_examples
+from stilts.settings import flag_names
+from stilts.tasks import get_task, read_examples, resolve_data_dir
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_PY = os.path.join(REPO_ROOT, "glue", "train.py")
+# Each run is stilts-train's module in this Python: the same from a clone and from an installed wheel.
+TRAIN_COMMAND = [sys.executable, "-m", "stilts.cli.train"]
 VARIANTS = ("stilts", "baseline")
 # glue/train.py flags the pipeline sets for each run; passing them through would break the layout.
-OWNED_FLAGS = ("--task_name", "--data_dir", "--output_dir", "--seed", "--bert_load_mode", "--bert_load_path",
-               "--do_train", "--do_val", "--do_test", "--force-overwrite")
+OWNED_FLAGS = set().union(*map(flag_names, ("task_name", "data_dir", "output_dir", "seed", "bert_load_mode",
+                                            "bert_load_path", "do_train", "do_val", "do_test", "force_overwrite")))
 # Stage A must leave a checkpoint whose "model" entry holds the whole encoder.
 STAGE_A_SAVE = ["--do_save", "--bert_save_mode", "model_all"]
 # With --adapters it holds only what trained (adapters, LayerNorms, head); stage B adds the base weights.
 STAGE_A_SAVE_ADAPTERS = ["--do_save", "--bert_save_mode", "model_tunable"]
-ADAPTER_CONFIGS = {name: os.path.join(REPO_ROOT, "configs", f"{name}-adapter.json")
+ADAPTER_CONFIGS = {name: resources.data_path("configs", f"{name}-adapter.json")
                    for name in ("bert-base-uncased", "bert-large-uncased")}
 # Settings that change how a run executes or what it keeps, not what it learns: a finished run made
 # with other values of these still counts when the study is repeated.
 EXECUTION_ONLY = {"output_dir", "bert_load_path", "force_overwrite", "not_verbose", "print_trainable_params",
                   "local_rank", "no_cuda", "eval_batch_size", "features_cache_dir", "no_features_cache",
-                  "do_test", "do_save", "bert_save_mode", "train_save_every", "do_val_history", "torch_compile"}
+                  "do_test", "do_save", "bert_save_mode", "train_save_every", "do_val_history", "torch_compile",
+                  "logging_steps", "report_to"}
 DEGENERATE_TOLERANCE = 1e-9  # "at or below the baseline", robust to float rounding
 
 
@@ -60,7 +58,7 @@ DEGENERATE_TOLERANCE = 1e-9  # "at or below the baseline", robust to float round
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="stilts-run", allow_abbrev=False,
         description="STILTs study: intermediate task once, then each target with restarts "
                     "(and without STILTs with --compare). Other flags go to every glue/train.py run.")
@@ -119,6 +117,8 @@ def parse_args(argv=None):
 
 def adapter_flags(args):
     """--adapters: the adapter config flag for every run (unless given), and the base weights folder."""
+    from stilts.modeling import WEIGHT_FILES, ModelSource  # torch and transformers: after parsing
+
     config_path = args.shared.bert_config_json_path or ADAPTER_CONFIGS.get(args.bert_model)
     if config_path is None:
         raise StiltsError(f"--adapters with --bert_model {args.bert_model}: pass its adapter config too, "
@@ -171,7 +171,7 @@ class Run:
 
 
 def data_dir(args, task_name):
-    return os.path.join(args.glue_dir, get_task(task_name).folder)
+    return resolve_data_dir(get_task(task_name), glue_dir=args.glue_dir)
 
 
 def has_test(args, task_name):
@@ -257,14 +257,8 @@ def _same(value):
     return os.path.realpath(value) if isinstance(value, str) and os.path.exists(value) else value
 
 
-def train_command():
-    if os.path.isfile(TRAIN_PY):
-        return [sys.executable, TRAIN_PY]
-    return [sys.executable, "-m", "stilts.cli.train"]  # installed without the repository's glue/ folder
-
-
 def execute(run, number, total):
-    """Run one glue/train.py subprocess unless it already finished; True if it ran."""
+    """Run one stilts-train subprocess unless it already finished; True if it ran."""
     prefix = f"stilts-run [{number}/{total}] {run.label}"
     if run.finished():
         print(f"{prefix}: skip (finished): {run.folder}", flush=True)
@@ -273,7 +267,7 @@ def execute(run, number, total):
     if run_folder.user_files(run.folder):  # left half-done by a crash or a failure: redo it
         print(f"{prefix}: redoing the unfinished run in {run.folder}", flush=True)
         argv.append("--force-overwrite")
-    command = train_command() + argv
+    command = TRAIN_COMMAND + argv
     print(f"{prefix}: {shlex.join(command)}", flush=True)
     started = time.monotonic()
     returncode = subprocess.run(command).returncode
@@ -281,7 +275,7 @@ def execute(run, number, total):
         raise StiltsError(f"{run.label} failed (exit status {returncode}; see above). Repeat the same command "
                           f"to resume: finished runs are kept")
     if not run.finished():
-        raise StiltsError(f"{run.label}: glue/train.py ended without writing {', '.join(run.outputs)} "
+        raise StiltsError(f"{run.label}: stilts-train ended without writing {', '.join(run.outputs)} "
                           f"in {run.folder}")
     print(f"{prefix}: done in {format_seconds(time.monotonic() - started)}", flush=True)
     return True
@@ -298,14 +292,16 @@ def format_seconds(seconds):
 
 def majority_baselines(args):
     """Each target's dev metric when always predicting the most frequent training label."""
+    from stilts.metrics import majority_baseline  # scikit-learn and SciPy: after parsing
+
     out = {}
     for target in args.targets:
         task = get_task(target)
         folder = data_dir(args, target)
         # Label ids, as the trainer scores them: the TSVs' label strings ('0'/'1' for MRPC and QQP)
         # are not the positive label 1 that F1 needs.
-        train_labels = encode_labels(read_examples(task, "train", folder), task)
-        dev_labels = encode_labels(read_examples(task, "dev", folder), task)
+        train_labels = task.label_ids(read_examples(task, "train", folder))
+        dev_labels = task.label_ids(read_examples(task, "dev", folder))
         out[target] = majority_baseline(task.name, train_labels, dev_labels)[task.metric]
     return out
 

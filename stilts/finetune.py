@@ -1,0 +1,132 @@
+"""One fine-tuning run, as glue/train.py's checked flags ask: model, features, training, outputs.
+
+The command line (stilts/cli/train.py) has already checked every flag and file and holds the
+output folder; here the model is built, every split is read (so bad data stops the run before
+anything is written), and only then are args.json and the outputs written, under
+run_status.json's record of how the run ends.
+"""
+import contextlib
+import json
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+from stilts import distributed, reporting, run_folder
+from stilts.checkpoints import load_weights
+from stilts.errors import StiltsError
+from stilts.features import load_features, load_tokenizer
+from stilts.io import write_json, write_logits_csv
+from stilts.modeling import ModelSource, build_model, print_trainable_params
+from stilts.settings import TrainSettings, base_path_from_args, features_cache_dir
+from stilts.tasks import get_task
+from stilts.trainer import Trainer
+
+
+def set_seed(args, ctx):
+    seed = args.seed if args.seed != -1 else int(np.random.randint(0, 2 ** 31 - 1))
+    seed = distributed.broadcast_object(ctx, seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    args.seed = seed
+
+
+def run(args, ctx, task, split_files):
+    seed_given = args.seed != -1
+    set_seed(args, ctx)
+    source = ModelSource(args.bert_model, args.bert_config_json_path, args.bert_vocab_path)
+    tokenizer = load_tokenizer(source.vocab(), args.do_lower_case)
+    model = build_model(source.config(), task)
+    pretrained = source.pretrained_encoder_state() if args.bert_load_mode == "from_pretrained" else None
+    checkpoint = load_weights(model, args.bert_load_mode, args.bert_load_path,
+                              base_path_from_args(args.bert_base_path, args.bert_load_args), pretrained)
+    if args.bert_load_mode == "state_all" and not seed_given and "train_state" in checkpoint:
+        args.seed = checkpoint["train_state"]["seed"]  # resuming without --seed: the run's own data order
+        set_seed(args, ctx)
+    if args.print_trainable_params:
+        print_trainable_params(model)
+    if args.not_verbose:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+    else:
+        for key, value in vars(args).items():
+            print(f"  {key}: {value}")
+
+    splits = load_splits(args, split_files, tokenizer)
+    # Every input has now been read and checked: only from here on is anything written, and
+    # run_status.json says whether the folder's outputs are all this run's.
+    with run_folder.recording(args.output_dir) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:
+            write_json(os.path.join(args.output_dir, "args.json"), vars(args))
+        write_outputs(args, ctx, task, model, checkpoint, splits)
+    sys.stdout.flush()
+
+
+def write_outputs(args, ctx, task, model, checkpoint, splits):
+    """Train, save, score dev and predict test, as the --do_* flags ask."""
+    reporter = reporting.open_reporter(args.report_to, args.output_dir) if ctx.is_main else None
+    trainer = Trainer(model, task, TrainSettings.of(args), ctx, args.output_dir, vars(args),
+                      max_seq_length=args.max_seq_length, verbose=not args.not_verbose, reporter=reporter)
+    out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
+
+    if args.do_train:
+        resume = checkpoint if args.bert_load_mode == "state_all" else None
+        history = trainer.train(splits["train"], splits.get("dev") if args.do_val_history else None, resume=resume)
+        if ctx.is_main:
+            note = ", dev evaluations included" if args.do_val_history else ""
+            print(f"trained {trainer.train_examples} examples in {trainer.train_seconds:.1f} s "
+                  f"({trainer.train_examples / trainer.train_seconds:.1f} examples/s{note})")
+        if args.do_val_history and ctx.is_main:
+            write_json(out("val_metrics_history.json"), history)
+
+    if args.do_save:
+        trainer.save(out("all_state.p"), args.bert_save_mode)
+
+    if args.do_val:
+        # With --do_val_history the dev set was just scored after the last epoch, with these weights.
+        result = trainer.last_validation if args.do_train and args.do_val_history else None
+        result = result or trainer.validate(splits["dev"])
+        metrics = dict(result["metrics"])
+        if ctx.is_main:
+            write_logits_csv(out("val_preds.csv"), result["logits"])
+        if "mm_dev" in splits:
+            mm_result = trainer.validate(splits["mm_dev"], task=get_task("mnli-mm"))
+            metrics.update({"mm-" + k: v for k, v in mm_result["metrics"].items()})
+            if ctx.is_main:
+                write_logits_csv(out("mm_val_preds.csv"), mm_result["logits"])
+        report = {"loss": result["loss"], "metrics": metrics}
+        if ctx.is_main:
+            write_json(out("val_metrics.json"), report)
+            print(json.dumps(report, indent=2))
+        scores = {**metrics, "loss": result["loss"]}
+        if result is trainer.last_validation:  # on the curves already, but for MNLI's mismatched half
+            scores = {k: v for k, v in scores.items() if k.startswith("mm-")}
+        trainer.report_eval(scores)
+
+    if args.do_test:
+        logits, _ = trainer.predict(splits["test"], desc="Predicting (test)")
+        if ctx.is_main:
+            write_logits_csv(out("test_preds.csv"), logits)
+        if "mm_test" in splits:
+            mm_logits, _ = trainer.predict(splits["mm_test"], desc="Predicting (mm test)")
+            if ctx.is_main:
+                write_logits_csv(out("mm_test_preds.csv"), mm_logits)
+    if reporter is not None:
+        reporter.close()
+
+
+def load_splits(args, split_files, tokenizer):
+    """Features of every split file, keyed train/dev/test/mm_dev/mm_test (train subsampled if asked)."""
+    cache_dir = features_cache_dir(args)
+    splits = {f.key: load_features(f.task, f.split, f.folder, tokenizer, args.max_seq_length, cache_dir)
+              for f in split_files}
+    if "train" in splits and args.train_examples_number is not None:
+        n = len(splits["train"])
+        if not 0 < args.train_examples_number <= n:
+            raise StiltsError(f"--train_examples_number {args.train_examples_number}: the train set has {n} examples")
+        picked = np.random.default_rng(args.seed).choice(n, args.train_examples_number, replace=False)
+        splits["train"] = splits["train"].subset(np.sort(picked))
+    return splits
