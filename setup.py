@@ -29,7 +29,7 @@ setup(
         "stilts.cache": ["bert_metadata/*/bert_config.json", "bert_metadata/*/vocab.txt", "submission_template/*.tsv"],
         "stilts.configs": ["*.json"],
     },
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # torch 2.13
     install_requires=read_requirements("requirements.txt"),
     extras_require={
         "dev": read_requirements("requirements-dev.txt"),

@@ -45,7 +45,8 @@ def matmul_gflops(dtype, n=256, budget_s=0.05):
     The first call, which may set up kernels, counts too: where bf16 crawls (one 256^3 matmul takes
     0.1 s at 0.3 GFLOP/s) a single slow call is all there is time for, and it is slow anyway.
     """
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    generator = torch.Generator().manual_seed(0)  # not the global one: a run's --seed draws stay the same
+    a, b = (torch.randn(n, n, generator=generator).to(dtype) for _ in range(2))
     best = float("inf")
     start = time.perf_counter()
     while time.perf_counter() - start < budget_s:

@@ -65,11 +65,24 @@ def all_gather_objects(ctx, obj):
 
 
 def all_reduce_sum(ctx, tensor):
-    """The sum of `tensor` over all processes (a new tensor; no host sync)."""
+    """The sum of `tensor` over all processes (`tensor` itself with one process; no host sync)."""
+    return _all_reduce(ctx, tensor, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(ctx, tensor):
+    """The largest `tensor` over all processes (a bool tensor: whether any process's is True)."""
+    if not ctx.enabled:
+        return tensor
+    if tensor.dtype == torch.bool:
+        return _all_reduce(ctx, tensor.to(torch.uint8), dist.ReduceOp.MAX).bool()
+    return _all_reduce(ctx, tensor, dist.ReduceOp.MAX)
+
+
+def _all_reduce(ctx, tensor, op):
     if not ctx.enabled:
         return tensor
     tensor = tensor.clone()
-    dist.all_reduce(tensor)
+    dist.all_reduce(tensor, op=op)
     return tensor
 
 

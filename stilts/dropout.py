@@ -19,7 +19,6 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-ATTENTION_IMPLEMENTATION = "stilts_sdpa"  # the name registered with transformers (see modeling.py)
 _LANES = 2 ** 16
 # cuDNN's attention builds an execution plan for every new sequence length (over 100 ms each on an
 # H200), and per-batch padding gives nearly every batch a new length: it made a bf16 MiniLM epoch
@@ -64,6 +63,11 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     """
     if module.training and 0.0 < dropout < 1.0 and query.device.type == "cpu":
         return math_attention(query, key, value, attention_mask, dropout, scaling), None
+    return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' SDPA attention function, without cuDNN's kernels on GPUs."""
     backends = sdpa_kernel(_CUDA_BACKENDS) if query.device.type == "cuda" else contextlib.nullcontext()
     with backends:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,

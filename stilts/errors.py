@@ -21,12 +21,18 @@ class NonFiniteTraining(StiltsError):
 
 
 class CannotResume(StiltsError):
-    """A checkpoint that cannot resume this training: it lacks the training state (`missing`), or a
-    setting that fixes the batches differs (`setting`, with its value then and now)."""
+    """A checkpoint that cannot resume this training: it lacks the training state (`missing`), a
+    setting that fixes the batches differs (`setting`, with its value then and now), or `problem`."""
 
-    def __init__(self, missing=(), setting=None, then=None, now=None):
-        self.missing, self.setting, self.then, self.now = tuple(missing), setting, then, now
+    def __init__(self, problem=None, missing=(), setting=None, then=None, now=None):
+        self.problem, self.missing, self.setting, self.then, self.now = problem, tuple(missing), setting, then, now
+        super().__init__(self.describe())
+
+    def describe(self, name=str):
+        """The problem, with `name` turning a setting's name into what the user calls it (a flag)."""
         if self.missing:
-            super().__init__(f"the checkpoint has no {', '.join(self.missing)}: it holds no training state")
-        else:
-            super().__init__(f"the checkpoint's run used {setting} {then}, this one {now}; resuming needs the same value")
+            return f"the checkpoint has no {', '.join(self.missing)}: it holds no training state"
+        if self.setting is not None:
+            return (f"the checkpoint's run used {name(self.setting)} {self.then}, this one {self.now}; resuming "
+                    f"needs the same value")
+        return self.problem

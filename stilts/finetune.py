@@ -56,25 +56,28 @@ def run(args, ctx, task, split_files):
             print(f"  {key}: {value}")
 
     splits = load_splits(args, split_files, tokenizer)
+    trainer = Trainer(model, task, TrainSettings.of(args), ctx, args.output_dir, vars(args),
+                      max_seq_length=args.max_seq_length, verbose=not args.not_verbose)
+    if args.do_train:  # a checkpoint that cannot resume this run is refused here, before any write
+        trainer.prepare(splits["train"], resume=checkpoint if args.bert_load_mode == "state_all" else None)
     # Every input has now been read and checked: only from here on is anything written, and
     # run_status.json says whether the folder's outputs are all this run's.
     with run_folder.recording(args.output_dir) if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:
             write_json(os.path.join(args.output_dir, "args.json"), vars(args))
-        write_outputs(args, ctx, task, model, checkpoint, splits)
+            trainer.reporter = reporting.open_reporter(args.report_to, args.output_dir)
+        write_outputs(args, ctx, trainer, splits)
+        if trainer.reporter is not None:
+            trainer.reporter.close()
     sys.stdout.flush()
 
 
-def write_outputs(args, ctx, task, model, checkpoint, splits):
+def write_outputs(args, ctx, trainer, splits):
     """Train, save, score dev and predict test, as the --do_* flags ask."""
-    reporter = reporting.open_reporter(args.report_to, args.output_dir) if ctx.is_main else None
-    trainer = Trainer(model, task, TrainSettings.of(args), ctx, args.output_dir, vars(args),
-                      max_seq_length=args.max_seq_length, verbose=not args.not_verbose, reporter=reporter)
     out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
 
     if args.do_train:
-        resume = checkpoint if args.bert_load_mode == "state_all" else None
-        history = trainer.train(splits["train"], splits.get("dev") if args.do_val_history else None, resume=resume)
+        history = trainer.train(splits["train"], splits.get("dev") if args.do_val_history else None)
         if ctx.is_main:
             note = ", dev evaluations included" if args.do_val_history else ""
             print(f"trained {trainer.train_examples} examples in {trainer.train_seconds:.1f} s "
@@ -114,8 +117,6 @@ def write_outputs(args, ctx, task, model, checkpoint, splits):
             mm_logits, _ = trainer.predict(splits["mm_test"], desc="Predicting (mm test)")
             if ctx.is_main:
                 write_logits_csv(out("mm_test_preds.csv"), mm_logits)
-    if reporter is not None:
-        reporter.close()
 
 
 def load_splits(args, split_files, tokenizer):

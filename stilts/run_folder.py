@@ -51,7 +51,7 @@ def locked(folder, flag="--output_dir", must_be_empty=False):
     """
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise StiltsError(f"{folder}: exists and is a file, not a folder ({flag})")
-    created = not os.path.exists(folder)
+    created = _missing_folders(folder)
     lock_path = os.path.join(folder, LOCK_NAME)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -61,16 +61,31 @@ def locked(folder, flag="--output_dir", must_be_empty=False):
     try:
         if must_be_empty:
             check_empty(folder, flag)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "command": shlex.join(sys.argv),
-                                 "since": _now()}).encode() + b"\n")
+        with contextlib.suppress(OSError):  # who holds it, for the message to a second process: best effort
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "command": shlex.join(sys.argv),
+                                     "since": _now()}).encode() + b"\n")
         yield
     finally:
         with contextlib.suppress(OSError):  # removed while held: the next process makes a new one
             os.remove(lock_path)
-            if created and not user_files(folder):
-                os.rmdir(folder)
+            for made in created:  # innermost first; a folder someone wrote into stays
+                if os.listdir(made):
+                    break
+                os.rmdir(made)
         os.close(fd)
+
+
+def _missing_folders(folder):
+    """The folders makedirs(folder) would create, innermost first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
 
 
 def _take(lock_path, folder, flag):
@@ -87,6 +102,10 @@ def _take(lock_path, folder, flag):
             os.close(fd)
             raise StiltsError(f"{folder}: in use by {_holder(lock_path)}; wait for it to end, or choose "
                               f"another {flag}") from None
+        except OSError as e:  # a file system without locks (some NFS or FUSE mounts)
+            os.close(fd)
+            raise StiltsError(f"{folder}: cannot lock {LOCK_NAME} there ({e.strerror}): this file system has no "
+                              f"file locks; choose another {flag}") from None
         with contextlib.suppress(FileNotFoundError):
             if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
                 return fd

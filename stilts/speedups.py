@@ -9,8 +9,9 @@ hold them to that):
   training with dropout, which takes the same cheap mask (stilts.dropout.attention);
 - the word embeddings keep one gradient buffer for the whole run (CPU, one process).
 `STILTS_SPEEDUPS=0` in the environment turns all three off: the model is transformers' own BERT
-with its dropout and SDPA, and autograd allocates the embedding gradient afresh each step.
-tests/test_dropout.py fails when a transformers upgrade stops calling the first two.
+with torch's dropout and SDPA (on GPUs still without cuDNN's attention, which is no CPU speed path
+but a measured GPU slow-down, see stilts.dropout), and autograd allocates the embedding gradient
+afresh each step. tests/test_dropout.py fails when a transformers upgrade stops calling the first two.
 """
 import os
 
@@ -21,9 +22,20 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from stilts import dropout
 
-ATTENTION = dropout.ATTENTION_IMPLEMENTATION
-AttentionInterface.register(ATTENTION, dropout.attention)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # it takes SDPA's masks
+ATTENTION = "stilts_sdpa"          # SDPA, with the cheap mask in CPU training
+PLAIN_ATTENTION = "stilts_sdpa_plain"  # SDPA alone (STILTS_SPEEDUPS=0)
+
+
+def padding_mask(*args, **kwargs):
+    """SDPA's mask, always built. transformers would first ask whether the batch has any padding
+    (`mask.all()` read on the host), which makes the host wait for the device at every forward."""
+    kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+for name, function in ((ATTENTION, dropout.attention), (PLAIN_ATTENTION, dropout.sdpa)):
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, padding_mask)
 
 
 def enabled():
@@ -33,7 +45,7 @@ def enabled():
 def install(bert):
     """Cheap dropout masks for a transformers BertModel's hidden states and attention."""
     if not enabled():  # stated, not left to the config: a model built before may have set it to ours
-        bert.set_attn_implementation("sdpa")
+        bert.set_attn_implementation(PLAIN_ATTENTION)
         return
     bert.set_attn_implementation(ATTENTION)
     for module in list(bert.modules()):

@@ -39,6 +39,7 @@ class Task:
     files: dict                     # split -> file name
     layouts: dict                   # split -> Layout
     skip_short_rows: bool = False   # QQP: rows with missing fields are skipped and counted
+    extra_fields: int = 0           # SNLI train: rows may hold this many annotator labels beyond the header
 
     @property
     def is_regression(self):
@@ -110,7 +111,10 @@ TASKS = {t.name: t for t in [
     Task("qnli", "QNLI", NLI2, "acc", _STD, _pair(1, 2)),
     Task("rte", "RTE", NLI2, "acc", _STD, _pair(1, 2)),
     Task("wnli", "WNLI", BINARY, "acc", _STD, _pair(1, 2)),
-    Task("snli", "SNLI", NLI3, "acc", _STD, {s: Layout(text_a=7, text_b=8, label=-1, index=0) for s in _STD}),
+    # The raw SNLI train header names label1 only; validated rows add label2..label5 before gold_label,
+    # which is why the label is read from the last column.
+    Task("snli", "SNLI", NLI3, "acc", _STD, {s: Layout(text_a=7, text_b=8, label=-1, index=0) for s in _STD},
+         extra_fields=4),
     # The GLUE diagnostic set (AX): test only, scored by the leaderboard with an MNLI model.
     Task("ax", "diagnostic", NLI3, "acc", {"test": "diagnostic.tsv"},
          {"test": Layout(text_a=1, text_b=2, index=0)}),
@@ -205,7 +209,7 @@ def read_examples(task, split, data_dir):
             width = len(fields)
             if layout.header:
                 continue
-        if len(fields) > width:  # an extra tab shifts every column after it: the text would be wrong
+        if len(fields) > width + task.extra_fields:  # an extra tab shifts every column after it: wrong text
             raise StiltsError(f"{path}:{lineno}: {len(fields)} tab-separated fields, but the "
                               f"{'header' if layout.header else 'first row'} has {width} "
                               f"(a tab inside a field?)")

@@ -24,7 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 from stilts import distributed, speedups
 from stilts.checkpoints import make_checkpoint
 from stilts.cpu import warn_if_slow_bf16
-from stilts.errors import CannotResume, NonFiniteTraining, StiltsError
+from stilts.errors import CannotResume, NonFiniteTraining
 from stilts.features import collate
 from stilts.io import save_checkpoint
 from stilts.metrics import compute_metrics
@@ -57,38 +57,44 @@ def epoch_batches(lengths, batch_size, seed, epoch, group_by_length, bucket_batc
 
 
 class StepWindow:
-    """Loss and bad steps since the host last looked, kept on the device: no sync per step."""
+    """Loss, gradient norm and bad steps since the host last looked, kept on the device: no sync per step."""
 
     def __init__(self, device):
         self.device = device
         self.reset()
 
     def reset(self):
-        self.sums = torch.zeros(3, device=self.device)  # loss, gradient norm, bad steps
+        self.sums = torch.zeros(4, device=self.device)  # loss, finite gradient norms, their count, bad steps
         self.first_bad = torch.tensor([-1.0, 0.0, 0.0], device=self.device)  # its step, loss, gradient norm
         self.steps = 0
 
     def add(self, mean_loss, grad_norm, bad, step):
-        """One step: this process's share of the batch's mean loss, the gradient norm, whether it was bad."""
-        first = bad & (self.sums[2] == 0)
+        """One step: this process's share of the batch's mean loss, the gradient norm, whether it was bad
+        (the same on every process)."""
+        first = bad & (self.sums[3] == 0)
         self.first_bad = torch.where(first, torch.stack([torch.full_like(grad_norm, step), mean_loss, grad_norm]),
                                      self.first_bad)
-        finite_norm = torch.nan_to_num(grad_norm, nan=0.0, posinf=0.0)  # an fp16 overflow the scaler skipped: 0
-        self.sums += torch.stack([mean_loss, finite_norm, bad.float()])
+        finite = torch.isfinite(grad_norm)  # not: an fp16 overflow the scaler skipped
+        self.sums += torch.stack([mean_loss, torch.where(finite, grad_norm, 0.0), finite.float(), bad.float()])
         self.steps += 1
 
     def collect(self, ctx):
         """In one sync, then a new window: the mean loss over the window and all processes, the mean
-        gradient norm, and (step, what, value) of the first bad step or None."""
+        finite gradient norm, and (step, what, value) of the first bad step or None."""
         sums = distributed.all_reduce_sum(ctx, self.sums)
-        loss, grad_norm, bad_steps, step, bad_loss, norm = torch.cat([sums, self.first_bad]).tolist()
-        loss /= max(self.steps, 1)  # the processes' shares add up to each batch's mean
-        grad_norm /= max(self.steps, 1) * ctx.world_size  # the same on every process: DDP averaged the gradients
+        loss, norms, finite, bad_steps, step, bad_loss, norm = torch.cat([sums, self.first_bad]).tolist()
         self.reset()
+        loss /= max(self.steps, 1)  # the processes' shares add up to each batch's mean
+        grad_norm = norms / max(finite, 1)  # the same on every process: DDP averaged the gradients
         if bad_steps == 0:
             return loss, grad_norm, None
-        what, value = ("training loss", bad_loss) if not math.isfinite(bad_loss) else ("gradient norm", norm)
-        return loss, grad_norm, (int(step) if step > 0 else None, what, value)  # None: another process's step
+        if not math.isfinite(bad_loss):
+            what, value = "training loss", bad_loss
+        elif not math.isfinite(norm):
+            what, value = "gradient norm", norm
+        else:
+            what, value = "training loss of another process", math.nan
+        return loss, grad_norm, (int(step), what, value)
 
 
 class Trainer:
@@ -128,6 +134,8 @@ class Trainer:
             self.wrapped = DistributedDataParallel(self.compiled, device_ids=device_ids)
         self.optimizer = None
         self.scheduler = None
+        self.position, self.history = None, {}  # where training stands, and its dev scores per epoch (prepare)
+        self.steps_per_epoch = self.total_steps = None
         self.last_validation = None  # the dev scores after the last epoch trained, for --do_val_history
         self.window = StepWindow(ctx.device)
         self.reporter = reporter
@@ -172,18 +180,26 @@ class Trainer:
         distributed.barrier(self.ctx)
 
     # ----------------------------------------------------------------------------- training
-    def train(self, features, val_features=None, resume=None):
-        """Train for num_train_epochs; returns the per-epoch dev results if val_features is given."""
-        cfg = self.settings
-        lengths = features.lengths
-        steps_per_epoch = math.ceil(len(features) / cfg.train_batch_size)
-        total_steps = max(1, round(steps_per_epoch * cfg.num_train_epochs))
-        self._make_optimizer(total_steps)
-        position = {"epoch": 0, "batch": 0, "global_step": 0}
-        history = {}
+    def prepare(self, features, resume=None):
+        """Optimizer and schedule for training on `features`, restored from a state_all checkpoint
+        when resuming. The command line calls it before writing anything, so a checkpoint that
+        cannot resume this run is refused with the output folder untouched."""
+        self.steps_per_epoch = math.ceil(len(features) / self.settings.train_batch_size)
+        self.total_steps = max(1, round(self.steps_per_epoch * self.settings.num_train_epochs))
+        self._make_optimizer(self.total_steps)
+        self.position, self.history = {"epoch": 0, "batch": 0, "global_step": 0}, {}
         if resume is not None:
-            position, history = self._restore(resume, total_steps)
-        self.global_step = position["global_step"]
+            self.position, self.history = self._restore(resume, self.total_steps)
+        self.global_step = self.position["global_step"]
+
+    def train(self, features, val_features=None):
+        """Train for num_train_epochs (after prepare(), or from scratch); returns the per-epoch dev
+        results if val_features is given."""
+        if self.optimizer is None:
+            self.prepare(features)
+        cfg, position, history = self.settings, self.position, self.history
+        steps_per_epoch, total_steps = self.steps_per_epoch, self.total_steps
+        lengths = features.lengths
         if self.ctx.is_main and self.verbose:
             logger.info("training: %d examples, batch %d, %d steps (%d per epoch)",
                         len(features), cfg.train_batch_size, total_steps, steps_per_epoch)
@@ -210,16 +226,18 @@ class Trainer:
                                                    or b == len(batches) - 1)
                 # The host waits for the device only here: to log, and before a checkpoint or the end.
                 if saving or position["global_step"] % cfg.logging_steps == 0 or b == last_batch - 1:
-                    loss = self._check_window(position, steps_per_epoch)
+                    loss = self._check_window(position, history)
                     steps_bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if saving:
                     self._save_periodic(epoch, b, position, history)
+                    self._since = time.perf_counter()  # examples/s counts training time only
             steps_bar.close()
             if val_features is not None:
                 result = self.last_validation = self.validate(val_features)
                 history[str(epoch)] = {"loss": result["loss"], "metrics": result["metrics"]}
                 self.report_eval({**result["metrics"], "loss": result["loss"]})
                 self.wrapped.train()
+                self._since = time.perf_counter()
             position = {"epoch": epoch + 1, "batch": 0, "global_step": position["global_step"]}
             epochs_bar.update(1)
         epochs_bar.close()
@@ -227,7 +245,7 @@ class Trainer:
         return history
 
     def _train_step(self, features, global_indices, position):
-        """One optimizer step over a global batch; returns its mean training loss."""
+        """One optimizer step over a global batch; its loss and gradient norm go into self.window."""
         cfg, ctx = self.settings, self.ctx
         n_global = len(global_indices)
         micro_batches = np.array_split(global_indices, cfg.gradient_accumulation_steps)
@@ -253,18 +271,20 @@ class Trainer:
         bad = ~torch.isfinite(loss_sum)
         if not self.scaler.is_enabled():
             bad |= ~torch.isfinite(grad_norm)
+        bad = distributed.all_reduce_max(ctx, bad)  # every process skips the same steps (no host sync)
+        if not self.scaler.is_enabled():
             if self.skip_on_device:
                 self.optimizer.found_inf = bad.float()  # read by the fused AdamW kernel: no update when 1
             elif bad.item():  # an optimizer without found_inf: the host must look at every step
                 self.window.add(loss_sum / n_global, grad_norm.float(), bad, position["global_step"] + 1)
-                self._check_window(position, None)
+                self._check_window(position, self.history)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.window.add(loss_sum / n_global, grad_norm.float(), bad, position["global_step"] + 1)
 
-    def _check_window(self, position, steps_per_epoch):
+    def _check_window(self, position, history):
         """Bring the steps since the last check to the host (one sync, one all-reduce): their mean
         loss; if one of them was bad, keep the weights (no bad step updated them) and stop."""
         loss, grad_norm, first_bad = self.window.collect(self.ctx)
@@ -278,13 +298,11 @@ class Trainer:
         if first_bad is None:
             return loss
         step, what, value = first_bad
-        where = f"step {step}" if step else "a step of another process"
-        if step and steps_per_epoch:
-            epoch, batch = divmod(step - 1, steps_per_epoch)
-            where += f" (epoch {epoch}, batch {batch})"
+        epoch, batch = divmod(step - 1, self.steps_per_epoch)
+        where = f"step {step} (epoch {epoch}, batch {batch})"
         path = os.path.join(self.output_dir, "all_state___last_good.p")
         self.optimizer.zero_grad(set_to_none=True)
-        self.save(path, "all", train_state=self._train_state(position, {}))
+        self.save(path, "all", train_state=self._train_state(position, history))
         raise NonFiniteTraining(what, value, where, position["global_step"], path)
 
     def _train_state(self, position, history):
@@ -318,12 +336,12 @@ class Trainer:
             try:
                 part.load_state_dict(checkpoint[name])
             except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
-                raise StiltsError(f"{self.run_args.get('bert_load_path')}: its {name} state does not fit this "
-                                  f"run (--bert_load_mode state_all; {type(e).__name__}: "
-                                  f"{' '.join(str(e).split())[:200]})") from None
+                raise CannotResume(f"{self.run_args.get('bert_load_path')}: its {name} state does not fit this "
+                                   f"run ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
         state = checkpoint["train_state"]
         if state["global_step"] > total_steps:
-            raise StiltsError(f"the checkpoint is at step {state['global_step']} but this run has only {total_steps} steps")
+            raise CannotResume(f"the checkpoint is at step {state['global_step']} but this run has only {total_steps} "
+                               f"steps")
         if state.get("seed") is not None and state["seed"] != self.settings.seed:
             logger.warning("resuming with seed %s; the checkpoint's run used %s: the data order changes",
                            self.settings.seed, state["seed"])

@@ -23,6 +23,9 @@ BAD_FLAGS = [
     (["--max_seq_length", "2"], "--max_seq_length 2: rte inputs are [CLS] a [SEP] b [SEP], which needs at least 5"),
     (["--max_seq_length", "4"], "--max_seq_length 4: rte inputs are [CLS] a [SEP] b [SEP]"),
     (["--max_seq_length", "513"], "has position embeddings for 512 tokens (max_position_embeddings"),
+    (["--seed=-5"], "--seed -5: must be -1 (draw one) or from 0 to 2**32 - 1"),
+    (["--seed", str(2 ** 32)], f"--seed {2 ** 32}: must be -1 (draw one) or from 0 to 2**32 - 1"),
+    (["--learn", "1e-4"], "unrecognized arguments: --learn 1e-4"),  # no abbreviations: every flag spelt out
 ]
 
 

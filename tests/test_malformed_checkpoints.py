@@ -123,3 +123,11 @@ def test_renamed_safetensors_loads_as_the_message_says(files, tiny_bert_dir, tmp
     main(rte_args(tiny_bert_dir, tmp_path / "out", "--do_val", "--data_dir", RTE,
                   "--bert_load_mode", "full_model_only", "--bert_load_path", renamed))
     assert (tmp_path / "out" / "val_metrics.json").exists()
+
+
+def test_optimizer_state_of_another_run_is_one_line(files, tiny_bert_dir, tmp_path, capsys):
+    """"good" holds an AdamW with one parameter group; the trainer's has two (with and without decay)."""
+    err = refused(capsys, *rte_args(tiny_bert_dir, tmp_path / "out", "--do_train", "--data_dir", RTE,
+                                    *load_args(files, "good", "state_all", tiny_bert_dir)))
+    assert f"--bert_load_mode state_all: {files['good']}: its optimizer state does not fit this run" in err
+    assert not (tmp_path / "out").exists(), "refused before anything is written"

@@ -286,3 +286,11 @@ def test_second_study_on_one_folder_is_refused(tiny_bert_dir, tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_refused_run_removes_the_folders_it_made(tiny_bert_dir, tmp_path, capsys):
+    """A checkpoint refused after the folder was taken: no runs/new/a, and no runs/new either."""
+    out = tmp_path / "runs" / "new" / "a"
+    refused_by(capsys, train_main, rte_args(tiny_bert_dir, out, "--do_val", "--data_dir", RTE,
+                                            "--bert_load_mode", "model_only", "--bert_load_path", RTE + "/dev.tsv"))
+    assert os.listdir(tmp_path) == []

@@ -67,3 +67,4 @@ def test_resuming_with_another_batch_size_is_refused(uninterrupted, tiny_bert_di
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1
     assert "the checkpoint's run used --train_batch_size 8, this one 4; resuming needs the same value" in err
+    assert not (tmp_path / "out").exists(), "refused before anything is written"

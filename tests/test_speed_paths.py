@@ -147,7 +147,7 @@ def test_the_host_waits_for_the_device_only_at_its_checks(model, dev_features, t
     """No .item() in the training loop: the loss and the non-finite check reach the host in one
     transfer every --logging_steps steps and at each epoch's end."""
     transfers = []
-    for name in ("item", "tolist"):
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy"):
         real = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda self, _real=real, _name=name: (transfers.append(_name),
                                                                                       _real(self))[1])

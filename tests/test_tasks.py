@@ -92,3 +92,18 @@ def test_data_dir_defaults_to_glue_dir(monkeypatch):
     monkeypatch.delenv("GLUE_DIR")
     with pytest.raises(StiltsError, match="GLUE_DIR"):
         resolve_data_dir(get_task("sst"))
+
+
+def test_snli_train_rows_may_carry_the_annotators_labels(tmp_path):
+    """The raw SNLI train header names label1 only; validated rows add label2..label5 before gold_label."""
+    header = ["index", "captionID", "pairID", "s1_bin", "s2_bin", "s1_parse", "s2_parse", "sentence1", "sentence2",
+              "label1", "gold_label"]
+    plain = ["0", "c", "p", "b", "b", "p", "p", "A man sleeps.", "A man is awake.", "contradiction", "contradiction"]
+    validated = plain[:10] + ["neutral", "contradiction", "contradiction", "contradiction", "contradiction"]
+    too_wide = validated[:10] + ["neutral"] + validated[10:]
+    (tmp_path / "train.tsv").write_text("\n".join("\t".join(row) for row in (header, plain, validated)) + "\n")
+    examples = read_examples(get_task("snli"), "train", str(tmp_path))
+    assert [(e.text_b, e.label) for e in examples] == [("A man is awake.", "contradiction")] * 2
+    (tmp_path / "train.tsv").write_text("\n".join("\t".join(row) for row in (header, too_wide)) + "\n")
+    with pytest.raises(StiltsError, match="train.tsv:2: 16 tab-separated fields, but the header has 11"):
+        read_examples(get_task("snli"), "train", str(tmp_path))

@@ -4,6 +4,7 @@ and adapter configs, and stilts-run must start its runs through the installed pa
 a file of this clone."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,7 +31,11 @@ def run(*args, cwd=None, check=True):
 def venv(tmp_path_factory):
     """A fresh venv holding only the wheel built from this clone; its bin/ folder is returned."""
     work = tmp_path_factory.mktemp("wheel")
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", REPO, "-w", work / "dist")
+    # Built from a copy: building in the clone reuses its build/ folder, where a deleted module lives on.
+    source = work / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".cache", ".git", "build", "*.egg-info",
+                                                                  "__pycache__", "demo_output", "runs"))
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", source, "-w", work / "dist")
     (wheel,) = (work / "dist").glob("stilts-*.whl")
     run(sys.executable, "-m", "venv", "--without-pip", work / "venv")
     python = work / "venv" / "bin" / "python"

@@ -23,7 +23,7 @@ def build_parser():
     class Parser(OneLineErrors, HfArgumentParser):
         pass
 
-    return Parser(settings.GROUPS, description="Fine-tune, evaluate and predict one GLUE task (the seed's "
+    return Parser(settings.GROUPS, allow_abbrev=False, description="Fine-tune, evaluate and predict one GLUE task (the seed's "
                                                "glue/train.py). Every flag: docs/cli.md.")
 
 
@@ -82,6 +82,7 @@ NUMBER_RULES = [
     ("train_examples_number", lambda v: v is None or v >= 1, "at least 1"),
     ("train_save_every", lambda v: v is None or v >= 1, "at least 1 (steps between checkpoints)"),
     ("logging_steps", lambda v: v >= 1, "at least 1"),
+    ("seed", lambda v: v == -1 or 0 <= v < 2 ** 32, "-1 (draw one) or from 0 to 2**32 - 1"),
 ]
 
 
@@ -138,13 +139,9 @@ def main(argv=None):
         except NonFiniteTraining as e:
             raise StiltsError(f"{e}. Try a lower --learning_rate, or fp32 instead of --fp16/--bf16") from None
         except CannotResume as e:
-            if e.missing:
-                problem = (f"the checkpoint has no {', '.join(e.missing)} (saved with --bert_save_mode model_all or "
-                           f"model_tunable?); resuming needs one written with --bert_save_mode all or tunable")
-            else:
-                problem = (f"the checkpoint's run used --{e.setting} {e.then}, this one {e.now}; resuming needs "
-                           f"the same value")
-            raise StiltsError(f"--bert_load_mode state_all: {problem}") from None
+            advice = (" (saved with --bert_save_mode model_all or model_tunable?); resuming needs one written with "
+                      "--bert_save_mode all or tunable") if e.missing else ""
+            raise StiltsError(f"--bert_load_mode state_all: {e.describe(lambda name: '--' + name)}{advice}") from None
         finally:
             distributed.shutdown(ctx)
 
