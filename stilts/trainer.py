@@ -83,8 +83,8 @@ class StepWindow:
         finite gradient norm, and (step, what, value) of the first bad step or None."""
         sums = distributed.all_reduce_sum(ctx, self.sums)
         loss, norms, finite, bad_steps, step, bad_loss, norm = torch.cat([sums, self.first_bad]).tolist()
-        self.reset()
         loss /= max(self.steps, 1)  # the processes' shares add up to each batch's mean
+        self.reset()
         grad_norm = norms / max(finite, 1)  # the same on every process: DDP averaged the gradients
         if bad_steps == 0:
             return loss, grad_norm, None

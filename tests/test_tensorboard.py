@@ -24,6 +24,7 @@ def test_curves_read_back_with_tensorboards_reader(tiny_bert_dir, tmp_path):
     for name in ("loss", "learning_rate", "grad_norm", "examples_per_s"):
         assert sorted(curves[f"train/{name}"]) == [2, 4, 5, 6, 8, 10], name
     assert all(v > 0 for v in curves["train/examples_per_s"].values())
+    assert all(0.3 < v < 1.2 for v in curves["train/loss"].values()), "a mean cross-entropy of 2 labels"
     history = json.loads((out / "val_metrics_history.json").read_text())
     final = json.loads((out / "val_metrics.json").read_text())
     assert curves["eval/acc"] == pytest.approx({5: history["0"]["metrics"]["acc"], 10: final["metrics"]["acc"]})
