@@ -95,8 +95,9 @@ def atomic_write(path, mode="w"):
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp_path)
-        if isinstance(e, OSError) and cannot_write(path, e):
-            raise cannot_write(path, e) from None
+        worded = cannot_write(path, e) if isinstance(e, OSError) else None
+        if worded:
+            raise worded from None
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)

@@ -101,11 +101,11 @@ class Trainer:
     """Trains and scores one model as `settings` (stilts.settings.TrainSettings, seed drawn) say.
 
     max_seq_length is the fixed padding width of --pad_to_max_length; run_args (the run's flags)
-    go into every checkpoint, as the seed's do; a reporter (stilts.reporting) gets the curves.
+    go into every checkpoint, as the seed's do; `reporter` (stilts.reporting, set by the caller once
+    it may write) gets the curves.
     """
 
-    def __init__(self, model, task, settings, ctx, output_dir, run_args, max_seq_length=128, verbose=True,
-                 reporter=None):
+    def __init__(self, model, task, settings, ctx, output_dir, run_args, max_seq_length=128, verbose=True):
         if settings.seed < 0:
             raise ValueError(f"the Trainer needs a drawn seed, got {settings.seed}")
         self.task = task
@@ -138,7 +138,7 @@ class Trainer:
         self.steps_per_epoch = self.total_steps = None
         self.last_validation = None  # the dev scores after the last epoch trained, for --do_val_history
         self.window = StepWindow(ctx.device)
-        self.reporter = reporter
+        self.reporter = None
         self.global_step = 0  # the optimizer steps the weights have taken (the curves' x axis)
 
     # ----------------------------------------------------------------------------- helpers

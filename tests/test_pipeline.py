@@ -32,7 +32,8 @@ def study(tmp_path_factory, tiny_bert_dir):
     """The study run as a user runs it: the console command in a subprocess."""
     out = tmp_path_factory.mktemp("study") / "out"
     env = dict(os.environ, STILTS_CACHE_DIR=str(out.parent / "cache"))
-    result = subprocess.run([sys.executable, "-m", "stilts.cli.run", *study_argv(out, tiny_bert_dir)],
+    result = subprocess.run([sys.executable, "-m", "stilts.cli.run",
+                             *study_argv(out, tiny_bert_dir, "--report_to", "tensorboard")],
                             capture_output=True, text=True, cwd=REPO, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result
@@ -63,6 +64,13 @@ def test_folder_layout_and_run_settings(study):
         else:
             assert (args["bert_load_mode"], args["bert_load_path"]) == ("from_pretrained", None)
         assert args["learning_rate"] == 5e-5 and args["train_examples_number"] == 8  # pass-through reached it
+
+
+def test_study_folder_is_one_tensorboard_log_root(study):
+    """--report_to reaches every run, and each writes its curves into its own folder under the study."""
+    out, _ = study
+    folders = [out / "intermediate_mnli", *run_dirs(out).values()]
+    assert all(list((folder / "tensorboard").glob("events.out.tfevents.*")) for folder in folders)
 
 
 def test_summary_recomputed_from_val_metrics(study):
