@@ -36,6 +36,7 @@ setup(
         "plot": ["matplotlib"],
         "bench": ["accelerate"],  # transformers' Trainer, used as the benchmark's reference
         "tensorboard": ["tensorboard"],  # --report_to tensorboard
+        "datasets": ["datasets"],  # task files that read Hugging Face datasets, and parquet files (pyarrow)
     },
     entry_points={
         "console_scripts": [
@@ -44,6 +45,7 @@ setup(
             "stilts-format-for-glue=stilts.cli.format_for_glue:main",
             "stilts-make-submission=stilts.cli.make_submission:main",
             "stilts-run=stilts.cli.run:main",
+            "stilts-download-glue=stilts.cli.download_glue:main",
         ]
     },
 )

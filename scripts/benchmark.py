@@ -145,7 +145,6 @@ def run_hf_trainer(args, task, data_dir):
     from transformers.utils import logging as hf_logging
 
     from stilts.metrics import compute_metrics
-    from stilts.tasks import read_examples
 
     hf_logging.set_verbosity_error()
     set_seed(args.seed)
@@ -163,9 +162,9 @@ def run_hf_trainer(args, task, data_dir):
         rows = [{key: encoded[key][j] for key in encoded} | {"label": labels[j]} for j in range(len(examples))]
         return rows, [sum(row["attention_mask"]) for row in rows]
 
-    train_examples = read_examples(task, "train", data_dir)
+    train_examples = task.read("train", data_dir)
     train, train_lengths = dataset([train_examples[j] for j in train_indices(len(train_examples), args)])
-    dev, _ = dataset(read_examples(task, "dev", data_dir))
+    dev, _ = dataset(task.read("dev", data_dir))
 
     with tempfile.TemporaryDirectory() as output_dir:
         training_args = TrainingArguments(
@@ -186,7 +185,7 @@ def run_hf_trainer(args, task, data_dir):
         output = trainer.predict(dev)
         eval_s = _elapsed(start, device)
     preds = task.predictions(output.predictions)
-    metrics = compute_metrics(task.name, preds, output.label_ids)
+    metrics = compute_metrics(task, preds, output.label_ids)
     return {"train_s": train_s, "eval_s": eval_s, "train_examples": len(train) * args.epochs,
             "eval_examples": len(dev), "dev_metric": metrics[task.metric],
             "train_flops": 3 * args.epochs * forward_flops(model.config, train_lengths, task.num_labels),

@@ -11,6 +11,7 @@ label (the source file's most frequent) is a strict majority, which keeps majori
 deterministic. Files built from the same source (QQP train/dev/test, SNLI train/dev) share no rows.
 """
 import collections
+import json
 import os
 import random
 import sys
@@ -117,12 +118,34 @@ def build_learn(b):
     b.make("SST-2/dev.tsv", "SST-2/dev.tsv", n=200)
 
 
+def build_choices(glue_dir, out_dir, n_train=600, n_dev=200):
+    """A multiple-choice task from MNLI dev_matched: a premise, its three hypotheses (one per label)
+    in a seeded random order, and the number of the entailed one as the label (JSON Lines)."""
+    _, lines = read(os.path.join(glue_dir, "MNLI", "dev_matched.tsv"), header=True)
+    groups = collections.defaultdict(list)
+    for line in lines:
+        groups[field(line, 8)].append((field(line, 9), field(line, -1)))
+    complete = [(premise, rows) for premise, rows in groups.items()
+                if sorted(label for _, label in rows) == ["contradiction", "entailment", "neutral"]]
+    rng = random.Random(zlib.crc32(b"MNLI-choice"))
+    picked = rng.sample(complete, n_train + n_dev)
+    os.makedirs(out_dir, exist_ok=True)
+    for split, rows in (("train", picked[:n_train]), ("dev", picked[n_train:])):
+        with open(os.path.join(out_dir, f"{split}.jsonl"), "w", encoding="utf-8", newline="\n") as f:
+            for premise, hypotheses in rows:
+                hypotheses = rng.sample(hypotheses, 3)
+                label = [label for _, label in hypotheses].index("entailment")
+                f.write(json.dumps({"premise": premise, "hypotheses": [h for h, _ in hypotheses], "label": label}) + "\n")
+    print(f"glue_learn/MNLI-choice: {n_train} train, {n_dev} dev questions from {len(complete)} complete premises")
+
+
 def main(glue_dir):
     for name, build in [("glue", build_glue), ("glue_learn", build_learn)]:
         b = Builder(glue_dir, os.path.join(REPO, "tests", "fixtures", name))
         build(b)
         for out, n, src, dist, note in b.notes:
             print(f"{name}/{out}\t{n}\t{src}\t{dist}\t{note}")
+    build_choices(glue_dir, os.path.join(REPO, "tests", "fixtures", "glue_learn", "MNLI-choice"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Examples -> model inputs: WordPiece ids with the seed's [CLS] a [SEP] b [SEP] layout.
 
+A multiple-choice example becomes one row per choice, [CLS] context [SEP] choice [SEP], and its
+batches are (examples, choices, tokens).
+
 Texts are tokenized in batches by the Rust WordPiece tokenizer, then truncated exactly as the
 seed's `truncate_seq_pair` does (pop the last token of the longer sequence, of the second one on
 ties). Features are kept unpadded; `collate` pads each batch to its own longest row.
@@ -20,11 +23,10 @@ from transformers import BertTokenizer
 
 from stilts.errors import StiltsError
 from stilts.io import atomic_write
-from stilts.tasks import read_examples
 
 logger = logging.getLogger(__name__)
 
-FEATURES_VERSION = 1  # bump when the featurization changes, to invalidate old caches
+FEATURES_VERSION = 2  # bump when the featurization changes, to invalidate old caches
 
 
 def load_tokenizer(vocab_path, do_lower_case):
@@ -46,32 +48,49 @@ def truncate_pair_lengths(len_a, len_b, budget):
 
 @dataclasses.dataclass
 class Features:
-    """Unpadded inputs of one split, in file order."""
-    input_ids: list            # one int64 array per example: [CLS] a [SEP] (b [SEP])
-    segment_a_lengths: np.ndarray  # tokens of segment 0 ([CLS] a [SEP]); the rest are segment 1
-    labels: np.ndarray         # label ids (int64), scores (float32), or zeros for unlabeled splits
+    """Unpadded inputs of one split, in file order; `choices` rows per example (multiple choice),
+    example i's rows being i * choices ... (i + 1) * choices - 1."""
+    input_ids: list            # one int64 array per row: [CLS] a [SEP] (b [SEP])
+    segment_a_lengths: np.ndarray  # per row, tokens of segment 0 ([CLS] a [SEP]); the rest are segment 1
+    labels: np.ndarray         # per example: label ids (int64), scores (float32), or zeros for unlabeled splits
+    choices: int = 1
 
     def __len__(self):
-        return len(self.input_ids)
+        return len(self.labels)
 
     @property
     def lengths(self):
-        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        """Tokens per example (multiple choice: of its longest row, the width it pads to)."""
+        rows = np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+        return rows.reshape(len(self), self.choices).max(axis=1)
+
+    def rows(self, indices):
+        """The row numbers of these examples, example by example."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return (indices[:, None] * self.choices + np.arange(self.choices)[None, :]).reshape(-1)
 
     def subset(self, indices):
-        return Features([self.input_ids[i] for i in indices], self.segment_a_lengths[indices], self.labels[indices])
+        rows = self.rows(indices)
+        return Features([self.input_ids[r] for r in rows], self.segment_a_lengths[rows], self.labels[indices],
+                        self.choices)
 
 
 def featurize(examples, task, tokenizer, max_seq_length):
     """Token ids of every example, truncated to max_seq_length as the seed does."""
+    if task.is_multiple_choice:  # one (context, choice) pair per choice
+        choices = len(examples[0].choices)
+        texts_a = [e.text_a for e in examples for _ in range(choices)]
+        texts_b = [choice for e in examples for choice in e.choices]
+    else:
+        choices, texts_a = 1, [e.text_a for e in examples]
+        texts_b = [e.text_b for e in examples] if examples[0].text_b is not None else None
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    ids_a = tokenizer([e.text_a for e in examples], add_special_tokens=False)["input_ids"]
-    has_b = examples[0].text_b is not None
-    ids_b = tokenizer([e.text_b for e in examples], add_special_tokens=False)["input_ids"] if has_b else None
-    input_ids, seg_a = [], np.zeros(len(examples), dtype=np.int64)
-    for i in range(len(examples)):
+    ids_a = tokenizer(texts_a, add_special_tokens=False)["input_ids"]
+    ids_b = tokenizer(texts_b, add_special_tokens=False)["input_ids"] if texts_b is not None else None
+    input_ids, seg_a = [], np.zeros(len(texts_a), dtype=np.int64)
+    for i in range(len(texts_a)):
         a = ids_a[i]
-        if has_b:
+        if ids_b is not None:
             b = ids_b[i]
             len_a, len_b = truncate_pair_lengths(len(a), len(b), max_seq_length - 3)
             row = [cls_id, *a[:len_a], sep_id, *b[:len_b], sep_id]
@@ -80,12 +99,14 @@ def featurize(examples, task, tokenizer, max_seq_length):
             row = [cls_id, *a[:len_a], sep_id]
         input_ids.append(np.asarray(row, dtype=np.int64))
         seg_a[i] = len_a + 2
-    return Features(input_ids, seg_a, task.label_ids(examples))
+    return Features(input_ids, seg_a, task.label_ids(examples), choices)
 
 
 def collate(features, indices, pad_to=None):
-    """Tensors for a batch, padded to its longest row (or to `pad_to`, the seed's fixed padding)."""
-    rows = [features.input_ids[i] for i in indices]
+    """Tensors for a batch, padded to its longest row (or to `pad_to`, the seed's fixed padding);
+    multiple choice: (examples, choices, width)."""
+    row_numbers = features.rows(indices)
+    rows = [features.input_ids[r] for r in row_numbers]
     width = pad_to or max(len(r) for r in rows)
     input_ids = np.zeros((len(rows), width), dtype=np.int64)
     attention_mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -93,22 +114,15 @@ def collate(features, indices, pad_to=None):
         input_ids[j, :len(row)] = row
         attention_mask[j, :len(row)] = 1
     positions = np.arange(width)[None, :]
-    seg_a = features.segment_a_lengths[indices][:, None]
+    seg_a = features.segment_a_lengths[row_numbers][:, None]
     token_type_ids = ((positions >= seg_a) & (attention_mask == 1)).astype(np.int64)
+    shape = (len(indices), features.choices, width) if features.choices > 1 else (len(rows), width)
     return {
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention_mask),
-        "token_type_ids": torch.from_numpy(token_type_ids),
+        "input_ids": torch.from_numpy(input_ids.reshape(shape)),
+        "attention_mask": torch.from_numpy(attention_mask.reshape(shape)),
+        "token_type_ids": torch.from_numpy(token_type_ids.reshape(shape)),
         "labels": torch.from_numpy(features.labels[indices]),
     }
-
-
-def _file_digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _vocab_digest(tokenizer):
@@ -116,13 +130,12 @@ def _vocab_digest(tokenizer):
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
 
 
-def cache_key(task, split, path, tokenizer, max_seq_length):
+def cache_key(task, split, folder, tokenizer, max_seq_length):
     key = {
         "version": FEATURES_VERSION,
         "task": task.name,
         "split": split,
-        "layout": dataclasses.asdict(task.layouts[split]),
-        "data": _file_digest(path),
+        **task.source_digest(split, folder),
         "vocab": _vocab_digest(tokenizer),
         "lowercase": bool(getattr(tokenizer, "do_lower_case", False)),
         "max_seq_length": max_seq_length,
@@ -132,19 +145,17 @@ def cache_key(task, split, path, tokenizer, max_seq_length):
 
 def load_features(task, split, data_dir, tokenizer, max_seq_length, cache_dir=None):
     """Features of one split, from the on-disk cache when its key matches (cache_dir=None: no cache)."""
-    path = task.path(split, data_dir)
-    if not os.path.isfile(path):
-        raise StiltsError(f"{path}: file not found")
+    task.check_split(split, data_dir)
     cache_path = None
     if cache_dir:
-        key = cache_key(task, split, path, tokenizer, max_seq_length)
+        key = cache_key(task, split, data_dir, tokenizer, max_seq_length)
         cache_path = os.path.join(cache_dir, "features", f"{task.name}-{split}-{key}.pt")
         if os.path.isfile(cache_path):
             try:
                 return _from_arrays(torch.load(cache_path, weights_only=True))
             except Exception as e:  # a damaged cache entry is rebuilt, never fatal
                 logger.warning("ignoring unreadable features cache %s (%s)", cache_path, e)
-    features = featurize(read_examples(task, split, data_dir), task, tokenizer, max_seq_length)
+    features = featurize(task.read(split, data_dir), task, tokenizer, max_seq_length)
     if cache_path:
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)
         with atomic_write(cache_path, "wb") as f:
@@ -153,16 +164,17 @@ def load_features(task, split, data_dir, tokenizer, max_seq_length, cache_dir=No
 
 
 def _to_arrays(features):
-    lengths = features.lengths
+    lengths = np.fromiter((len(x) for x in features.input_ids), dtype=np.int64, count=len(features.input_ids))
     return {
         "ids": torch.from_numpy(np.concatenate(features.input_ids) if len(features) else np.zeros(0, np.int64)),
         "lengths": torch.from_numpy(lengths),
         "segment_a_lengths": torch.from_numpy(features.segment_a_lengths),
         "labels": torch.from_numpy(features.labels),
+        "choices": torch.tensor(features.choices),
     }
 
 
 def _from_arrays(arrays):
     lengths = arrays["lengths"].numpy()
     ids = np.split(arrays["ids"].numpy(), np.cumsum(lengths)[:-1])
-    return Features(ids, arrays["segment_a_lengths"].numpy(), arrays["labels"].numpy())
+    return Features(ids, arrays["segment_a_lengths"].numpy(), arrays["labels"].numpy(), int(arrays["choices"]))

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from stilts import distributed, reporting, run_folder
-from stilts.checkpoints import load_weights
+from stilts.checkpoints import HEAD_KEEPING_MODES, load_weights
 from stilts.errors import StiltsError
 from stilts.features import load_features, load_tokenizer
-from stilts.io import write_json, write_logits_csv
+from stilts.io import atomic_write, write_json, write_logits_csv
 from stilts.modeling import ModelSource, build_model, print_trainable_params
 from stilts.settings import TrainSettings, base_path_from_args, features_cache_dir
-from stilts.tasks import get_task
+from stilts.tasks import GlueTask, get_task, resolve_data_dir
 from stilts.trainer import Trainer
 
 
@@ -43,6 +43,10 @@ def run(args, ctx, task, split_files):
     pretrained = source.pretrained_encoder_state() if args.bert_load_mode == "from_pretrained" else None
     checkpoint = load_weights(model, args.bert_load_mode, args.bert_load_path,
                               base_path_from_args(args.bert_base_path, args.bert_load_args), pretrained)
+    if args.bert_load_mode in HEAD_KEEPING_MODES:
+        check_recorded_labels(task, checkpoint, args.bert_load_path)
+    if task.labels is not None and not isinstance(task, GlueTask):  # a task file's labels may come from its data
+        args.task_labels = list(task.labels)
     if args.bert_load_mode == "state_all" and not seed_given and "train_state" in checkpoint:
         args.seed = checkpoint["train_state"]["seed"]  # resuming without --seed: the run's own data order
         set_seed(args, ctx)
@@ -70,6 +74,15 @@ def run(args, ctx, task, split_files):
         if trainer.reporter is not None:
             trainer.reporter.close()
     sys.stdout.flush()
+
+
+def check_recorded_labels(task, checkpoint, path):
+    """A head kept from a checkpoint must mean the same labels in the same order: a task file without
+    'labels' takes them from its train split, which may have changed since."""
+    recorded = ((checkpoint or {}).get("args") or {}).get("task_labels")
+    if recorded is not None and task.labels is not None and tuple(recorded) != task.labels:
+        raise StiltsError(f"{path}: its run had the labels {', '.join(recorded)}, in that order; this task has "
+                          f"{', '.join(task.labels)}: list the checkpoint's labels under 'labels' in the task file")
 
 
 def write_outputs(args, ctx, trainer, splits):
@@ -113,10 +126,24 @@ def write_outputs(args, ctx, trainer, splits):
         logits, _ = trainer.predict(splits["test"], desc="Predicting (test)")
         if ctx.is_main:
             write_logits_csv(out("test_preds.csv"), logits)
+            if not isinstance(trainer.task, GlueTask):  # no leaderboard format: ids and predicted labels
+                write_predictions_csv(out("test_predictions.csv"), trainer.task,
+                                      resolve_data_dir(trainer.task, args.data_dir), logits)
         if "mm_test" in splits:
             mm_logits, _ = trainer.predict(splits["mm_test"], desc="Predicting (mm test)")
             if ctx.is_main:
                 write_logits_csv(out("mm_test_preds.csv"), mm_logits)
+
+
+def write_predictions_csv(path, task, data_dir, logits):
+    """test_predictions.csv: each test example's id and prediction (label, score or choice number)."""
+    import pandas as pd
+
+    ids = [example.guid for example in task.read("test", data_dir)]
+    preds = task.predictions(logits)
+    values = preds if task.is_regression else [task.labels[i] for i in preds]
+    with atomic_write(path) as f:
+        pd.DataFrame({"id": ids, "prediction": values}).to_csv(f, index=False)
 
 
 def load_splits(args, split_files, tokenizer):

@@ -47,9 +47,16 @@ class BertForGlue(nn.Module):
         return getattr(self, self.head_name)
 
     def forward(self, input_ids, attention_mask, token_type_ids):
+        """Logits (batch, labels); multiple choice, inputs (batch, choices, tokens): one score per
+        (context, choice) row, the logits (batch, choices)."""
+        shape = input_ids.shape
+        if len(shape) == 3:
+            input_ids, attention_mask, token_type_ids = (t.reshape(-1, shape[-1])
+                                                         for t in (input_ids, attention_mask, token_type_ids))
         pooled = self.bert(input_ids=input_ids, attention_mask=attention_mask,
                            token_type_ids=token_type_ids).pooler_output
-        return self.head(self.dropout(pooled))
+        logits = self.head(self.dropout(pooled))
+        return logits.view(shape[0], shape[1]) if len(shape) == 3 else logits
 
 
 def loss_fn(logits, labels, regression, reduction="mean"):
@@ -145,7 +152,10 @@ def read_weights(path):
 
 
 def build_model(config, task):
-    return BertForGlue(config, task.num_labels, regression=task.is_regression)
+    """The task's model: a head with one output per label, one for regression and for multiple choice
+    (a score per choice)."""
+    outputs = 1 if task.is_multiple_choice else task.num_labels
+    return BertForGlue(config, outputs, regression=task.is_regression)
 
 
 def count_parameters(model, trainable_only=False):

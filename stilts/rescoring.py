@@ -8,14 +8,14 @@ import numpy as np
 from stilts.errors import StiltsError
 from stilts.metrics import compute_metrics
 from stilts.submission import read_logits
-from stilts.tasks import get_task, read_examples
+from stilts.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
 
 def dev_metrics(task, pred_path, data_dir):
     """`compute_metrics` of one logits file against the task's dev labels, as the trainer computes them."""
-    examples = read_examples(task, "dev", data_dir)
+    examples = task.read("dev", data_dir)
     logits = read_logits(pred_path, task.num_labels)
     if len(logits) != len(examples):
         raise StiltsError(f"{pred_path}: {len(logits)} prediction rows, but {task.path('dev', data_dir)} "
@@ -23,17 +23,16 @@ def dev_metrics(task, pred_path, data_dir):
     # The trainer's dtypes (float32 logits and scores), so that STS-B's correlations match it bit for bit.
     labels = task.label_ids(examples)
     preds = task.predictions(logits.astype(np.float32))
-    return compute_metrics(task.name, preds, labels)
+    return compute_metrics(task, preds, labels)
 
 
-def evaluate_predictions(task_name, pred_path, data_dir, mm_data_dir=None):
+def evaluate_predictions(task, pred_path, data_dir, mm_data_dir=None):
     """Dev metrics of `pred_path`, keyed as in the trainer's val_metrics.json "metrics".
 
     For mnli, the mismatched half is scored too when `mm_<pred file>` sits next to `pred_path`
     and the mismatched dev file exists (in `mm_data_dir`, default `data_dir`, like the trainer's
     --mnli_mm_data_dir); its keys get the trainer's `mm-` prefix.
     """
-    task = get_task(task_name)
     metrics = dev_metrics(task, pred_path, data_dir)
     if task.name == "mnli":
         mm_task, mm_data_dir = get_task("mnli-mm"), mm_data_dir or data_dir

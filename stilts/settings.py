@@ -48,8 +48,9 @@ class ModelSettings:
 @dataclasses.dataclass
 class DataSettings:
     """Which task, where its files are, and how its texts become model inputs."""
-    task_name: str = setting(f"a GLUE task: {' '.join(TASKS)}")
-    data_dir: Optional[str] = setting("the task's folder (default: $GLUE_DIR/<official folder name>)", None)
+    task_name: str = setting(f"a GLUE task ({' '.join(TASKS)}) or the path of a task file (*.json, docs/tasks.md)")
+    data_dir: Optional[str] = setting("the task's folder (default: $GLUE_DIR/<official folder name>; a task file's "
+                                      "own folder)", None)
     mnli_mm_data_dir: Optional[str] = setting("MNLI: the folder with dev_mismatched.tsv / test_mismatched.tsv "
                                               "(default: the MNLI folder)", None)
     max_seq_length: int = setting("word pieces per example, [CLS] and [SEP] included; longer pairs are "

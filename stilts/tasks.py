@@ -1,11 +1,14 @@
-"""GLUE task definitions and the one TSV reader they share.
+"""Tasks: what a run trains on, and where its examples come from.
 
-A task is data, not code: its folder, label list (in the seed's order, so that logit column k
-means the same label as in zphang/bert_on_stilts), metric, and for each split the file name and
-column layout. `read_examples` turns one split file into `Example`s and reports malformed input
-as `StiltsError("FILE:LINE: ...")`.
+A task is data, not code: its label list (in logit-column order), the metric that ranks runs, and a
+reader for each split. The GLUE tasks (`GlueTask`, registered in `TASKS` under the seed's names)
+read the official TSV files with their column layouts, in the seed's label order so that logit
+column k means the same label as in zphang/bert_on_stilts. A user's own task is a JSON task file
+(stilts.task_files); `get_task` takes a GLUE name or the path of a task file. Readers report
+malformed input as `StiltsError("FILE:LINE: ...")`.
 """
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -18,35 +21,41 @@ from stilts.errors import StiltsError
 logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1 << 20  # a GLUE row is a few hundred bytes; a 1 MiB line is a broken file
+CLASSIFICATION, REGRESSION, MULTIPLE_CHOICE = "classification", "regression", "multiple_choice"
+SPLITS = ("train", "dev", "test")
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Where the fields of one split file live (column numbers; -1 is the last column)."""
-    text_a: int
-    text_b: Optional[int] = None
-    label: Optional[int] = None   # None: unlabeled (test) file
-    index: Optional[int] = None   # column holding the example id, used in guids
-    header: bool = True
+@dataclasses.dataclass
+class Example:
+    guid: str
+    text_a: str                     # multiple choice: the context
+    text_b: Optional[str]
+    label: object                   # a label string, a float (regression), or None (test)
+    choices: Optional[list] = None  # multiple choice: the texts paired with text_a, one per choice
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    name: str                       # the seed's task name, e.g. "rte"
-    folder: str                     # the official GLUE folder, e.g. "RTE"
-    labels: Optional[tuple]         # label strings in logit-column order; None = regression
+    """What every task has: labels, metric and type. Subclasses say where the splits come from."""
+    name: str                       # e.g. "rte", or a task file's "name"
+    labels: Optional[tuple]         # label strings in logit-column order (choice numbers); None = regression
     metric: str                     # the key of compute_metrics() that ranks runs
-    files: dict                     # split -> file name
-    layouts: dict                   # split -> Layout
-    skip_short_rows: bool = False   # QQP: rows with missing fields are skipped and counted
-    extra_fields: int = 0           # SNLI train: rows may hold this many annotator labels beyond the header
+
+    @property
+    def type(self):
+        return REGRESSION if self.labels is None else CLASSIFICATION
 
     @property
     def is_regression(self):
-        return self.labels is None
+        return self.type == REGRESSION
+
+    @property
+    def is_multiple_choice(self):
+        return self.type == MULTIPLE_CHOICE
 
     @property
     def num_labels(self):
+        """Logit columns: 1 for regression, one per label (per choice for multiple choice)."""
         return 1 if self.is_regression else len(self.labels)
 
     def label_ids(self, examples):
@@ -62,18 +71,69 @@ class Task:
         logits = np.asarray(logits)
         return logits.reshape(-1) if self.is_regression else logits.argmax(axis=1)
 
+    @property
+    def spec(self):
+        """What --task_name takes to name this task again (a task file: its path)."""
+        return self.name
+
+    # Where the data lives: each kind of task answers these.
+    has_pairs = False  # inputs are [CLS] a [SEP] b [SEP] (multiple choice: context and choice)
+
+    def default_folder(self):
+        """The folder read when no --data_dir is given; None: the user must say."""
+        return None
+
+    def check_split(self, split, folder):
+        """Raise StiltsError unless the split can be read from `folder`."""
+        raise NotImplementedError
+
+    def read(self, split, folder):
+        """The split's examples, in file order."""
+        raise NotImplementedError
+
+    def source_digest(self, split, folder):
+        """What identifies the split's data and how it is read, for the features cache key."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where the fields of one split file live (column numbers; -1 is the last column)."""
+    text_a: int
+    text_b: Optional[int] = None
+    label: Optional[int] = None   # None: unlabeled (test) file
+    index: Optional[int] = None   # column holding the example id, used in guids
+    header: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class GlueTask(Task):
+    """A GLUE task: its official folder, and for each split the TSV file name and column layout."""
+    folder: str = ""                # the official GLUE folder, e.g. "RTE"
+    files: dict = None              # split -> file name
+    layouts: dict = None            # split -> Layout
+    skip_short_rows: bool = False   # QQP: rows with missing fields are skipped and counted
+    extra_fields: int = 0           # SNLI train: rows may hold this many annotator labels beyond the header
+
+    @property
+    def has_pairs(self):
+        return any(layout.text_b is not None for layout in self.layouts.values())
+
     def path(self, split, data_dir):
         if split not in self.files:
             raise StiltsError(f"task {self.name} has no {split} split (it has: {', '.join(self.files)})")
         return os.path.join(data_dir, self.files[split])
 
+    def check_split(self, split, folder):
+        path = self.path(split, folder)
+        if not os.path.isfile(path):
+            raise StiltsError(f"{path}: file not found")
 
-@dataclasses.dataclass
-class Example:
-    guid: str
-    text_a: str
-    text_b: Optional[str]
-    label: object  # a label string, a float (regression), or None (test)
+    def read(self, split, folder):
+        return read_tsv_examples(self, split, folder)
+
+    def source_digest(self, split, folder):
+        return {"layout": dataclasses.asdict(self.layouts[split]), "data": file_digest(self.path(split, folder))}
 
 
 NLI3 = ("contradiction", "entailment", "neutral")
@@ -92,47 +152,60 @@ _STD = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
 _MNLI_LAYOUTS = _pair(8, 9)
 
 TASKS = {t.name: t for t in [
-    Task("cola", "CoLA", BINARY, "mcc", _STD, {
+    GlueTask("cola", BINARY, "mcc", "CoLA", _STD, {
         "train": Layout(text_a=3, label=1, header=False),
         "dev": Layout(text_a=3, label=1, header=False),
         "test": Layout(text_a=1, index=0)}),
-    Task("sst", "SST-2", BINARY, "acc", _STD, {
+    GlueTask("sst", BINARY, "acc", "SST-2", _STD, {
         "train": Layout(text_a=0, label=1),
         "dev": Layout(text_a=0, label=1),
         "test": Layout(text_a=1, index=0)}),
-    Task("mrpc", "MRPC", BINARY, "acc_and_f1", _STD, _pair(3, 4, label=0, index=None)),
-    Task("stsb", "STS-B", None, "corr", _STD, _pair(7, 8)),
-    Task("qqp", "QQP", BINARY, "acc_and_f1", _STD, _pair(3, 4, label=5, test_a=1, test_b=2),
-         skip_short_rows=True),
-    Task("mnli", "MNLI", NLI3, "acc",
-         {"train": "train.tsv", "dev": "dev_matched.tsv", "test": "test_matched.tsv"}, _MNLI_LAYOUTS),
-    Task("mnli-mm", "MNLI", NLI3, "acc",
-         {"train": "train.tsv", "dev": "dev_mismatched.tsv", "test": "test_mismatched.tsv"}, _MNLI_LAYOUTS),
-    Task("qnli", "QNLI", NLI2, "acc", _STD, _pair(1, 2)),
-    Task("rte", "RTE", NLI2, "acc", _STD, _pair(1, 2)),
-    Task("wnli", "WNLI", BINARY, "acc", _STD, _pair(1, 2)),
+    GlueTask("mrpc", BINARY, "acc_and_f1", "MRPC", _STD, _pair(3, 4, label=0, index=None)),
+    GlueTask("stsb", None, "corr", "STS-B", _STD, _pair(7, 8)),
+    GlueTask("qqp", BINARY, "acc_and_f1", "QQP", _STD, _pair(3, 4, label=5, test_a=1, test_b=2),
+             skip_short_rows=True),
+    GlueTask("mnli", NLI3, "acc", "MNLI",
+             {"train": "train.tsv", "dev": "dev_matched.tsv", "test": "test_matched.tsv"}, _MNLI_LAYOUTS),
+    GlueTask("mnli-mm", NLI3, "acc", "MNLI",
+             {"train": "train.tsv", "dev": "dev_mismatched.tsv", "test": "test_mismatched.tsv"}, _MNLI_LAYOUTS),
+    GlueTask("qnli", NLI2, "acc", "QNLI", _STD, _pair(1, 2)),
+    GlueTask("rte", NLI2, "acc", "RTE", _STD, _pair(1, 2)),
+    GlueTask("wnli", BINARY, "acc", "WNLI", _STD, _pair(1, 2)),
     # The raw SNLI train header names label1 only; validated rows add label2..label5 before gold_label,
     # which is why the label is read from the last column.
-    Task("snli", "SNLI", NLI3, "acc", _STD, {s: Layout(text_a=7, text_b=8, label=-1, index=0) for s in _STD},
-         extra_fields=4),
+    GlueTask("snli", NLI3, "acc", "SNLI", _STD, {s: Layout(text_a=7, text_b=8, label=-1, index=0) for s in _STD},
+             extra_fields=4),
     # The GLUE diagnostic set (AX): test only, scored by the leaderboard with an MNLI model.
-    Task("ax", "diagnostic", NLI3, "acc", {"test": "diagnostic.tsv"},
-         {"test": Layout(text_a=1, text_b=2, index=0)}),
+    GlueTask("ax", NLI3, "acc", "diagnostic", {"test": "diagnostic.tsv"},
+             {"test": Layout(text_a=1, text_b=2, index=0)}),
 ]}
 
 
-def get_task(name):
+def is_task_file(name):
+    """A task file is named by its path: anything ending in .json."""
+    return name.lower().endswith(".json")
+
+
+def get_task(name, data_dir=None):
+    """The GLUE task of that name, or the task a JSON task file describes (`data_dir`: where the task
+    file's data files are, if not beside it)."""
+    if is_task_file(name):
+        from stilts.task_files import load_task_file
+        return load_task_file(name, data_dir)
     key = name.lower()
     if key not in TASKS:
-        raise StiltsError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise StiltsError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}, or the path of a "
+                          f"task file (*.json, see docs/tasks.md)")
     return TASKS[key]
 
 
 def resolve_data_dir(task, data_dir=None, glue_dir=None, flag="--data_dir"):
-    """The task's folder: `data_dir` if given, else `<glue_dir or $GLUE_DIR>/<official folder>`
-    (`flag` is the command's name for data_dir, for the message)."""
+    """The task's folder: `data_dir` if given; else a task file's own folder, or for GLUE
+    `<glue_dir or $GLUE_DIR>/<official folder>` (`flag` is the command's name for data_dir)."""
     if data_dir:
         return data_dir
+    if task.default_folder():
+        return task.default_folder()
     glue_dir = glue_dir or os.environ.get("GLUE_DIR")
     if not glue_dir:
         raise StiltsError(f"no data folder for task {task.name}: pass {flag} or set GLUE_DIR "
@@ -142,19 +215,15 @@ def resolve_data_dir(task, data_dir=None, glue_dir=None, flag="--data_dir"):
 
 @dataclasses.dataclass(frozen=True)
 class SplitFile:
-    """One split file a run reads, under the run's name for it (train, dev, test, mm_dev, mm_test)."""
+    """One split a run reads, under the run's name for it (train, dev, test, mm_dev, mm_test)."""
     key: str
     task: Task
     split: str
     folder: str
 
-    @property
-    def path(self):
-        return self.task.path(self.split, self.folder)
-
 
 def run_splits(task, data_dir, mm_data_dir=None, train=False, dev=False, test=False):
-    """The split files a run reads. MNLI's dev and test bring their mismatched halves (mm_dev,
+    """The splits a run reads. MNLI's dev and test bring their mismatched halves (mm_dev,
     mm_test), from mm_data_dir when they live elsewhere (the raw GLUE download has them beside
     the matched ones)."""
     wanted = [split for split, asked in (("train", train), ("dev", dev), ("test", test)) if asked]
@@ -163,6 +232,14 @@ def run_splits(task, data_dir, mm_data_dir=None, train=False, dev=False, test=Fa
         mm_task = get_task("mnli-mm")
         files += [SplitFile("mm_" + split, mm_task, split, mm_data_dir or data_dir) for split in wanted if split != "train"]
     return files
+
+
+def file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _rows(path):
@@ -196,8 +273,8 @@ def _rows(path):
                 yield lineno, line.split("\t")
 
 
-def read_examples(task, split, data_dir):
-    """Read one split of a task into a list of `Example`s (file order)."""
+def read_tsv_examples(task, split, data_dir):
+    """Read one split of a GLUE task into a list of `Example`s (file order)."""
     path = task.path(split, data_dir)
     layout = task.layouts[split]
     columns = [c for c in (layout.text_a, layout.text_b, layout.label, layout.index) if c is not None]

@@ -380,7 +380,7 @@ class Trainer:
                 results.append((indices, logits))  # kept on the device: no host sync per batch
         results = [(indices, logits.cpu().numpy()) for indices, logits in results]
         gathered = distributed.all_gather_objects(ctx, (results, loss_sum.item()))
-        all_logits = np.zeros((len(features), unwrap(self.model).head.out_features), dtype=np.float32)
+        all_logits = np.zeros((len(features), self.task.num_labels), dtype=np.float32)
         for rank_results, _ in gathered:
             for indices, logits in rank_results:
                 all_logits[indices] = logits
@@ -397,4 +397,4 @@ class Trainer:
         task = task or self.task
         logits, loss = self.predict(features, desc=f"Evaluating ({task.name} dev)")
         preds = task.predictions(logits)
-        return {"loss": loss, "metrics": compute_metrics(task.name, preds, features.labels), "logits": logits}
+        return {"loss": loss, "metrics": compute_metrics(task, preds, features.labels), "logits": logits}

@@ -24,7 +24,7 @@ from stilts.errors import StiltsError
 from stilts.io import load_checkpoint
 from stilts.metrics import majority_baseline
 from stilts.modeling import BertForGlue, ModelSource
-from stilts.tasks import get_task, read_examples
+from stilts.tasks import get_task
 from test_hostile import refused
 
 ADAPTER_SIZE = 8
@@ -302,8 +302,8 @@ def test_pipeline_adapters_needs_an_adapter_config(tiny_bert_dir, tmp_path, caps
 def test_minilm_adapters_learn_sst2(minilm_dir, tmp_path):
     """Adapters need a higher learning rate than full fine-tuning (3e-3 here vs 1e-4)."""
     task = get_task("sst")
-    baseline = majority_baseline("sst", [int(e.label) for e in read_examples(task, "train", SST2_LEARN)],
-                                 [int(e.label) for e in read_examples(task, "dev", SST2_LEARN)])["acc"]
+    baseline = majority_baseline(get_task("sst"), [int(e.label) for e in task.read("train", SST2_LEARN)],
+                                 [int(e.label) for e in task.read("dev", SST2_LEARN)])["acc"]
     run_train("--task_name", "sst", "--data_dir", SST2_LEARN, "--do_train", "--do_val", "--do_lower_case",
               "--bert_model", minilm_dir,
               "--bert_config_json_path", os.path.join(REPO, "configs", "minilm-adapter.json"),

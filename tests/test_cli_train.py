@@ -11,7 +11,7 @@ from conftest import FIXTURES, run_train
 from stilts.cli.train import main as train_main
 from stilts.trainer import Trainer
 from test_hostile import refused, rte_args
-from stilts.tasks import get_task, read_examples
+from stilts.tasks import get_task
 
 COMMON = ["--do_lower_case", "--not-verbose", "--seed", "3", "--eval_batch_size", "64", "--train_batch_size", "8",
           "--num_train_epochs", "1"]
@@ -22,7 +22,7 @@ def fixture_dir(task):
 
 
 def n_rows(task, split):
-    return len(read_examples(get_task(task), split, fixture_dir(task)))
+    return len(get_task(task).read(split, fixture_dir(task)))
 
 
 def read_logits(path):
@@ -58,7 +58,7 @@ def test_example_2_outputs(mnli_run):
     assert read_logits(mnli_run / "mm_test_preds.csv").shape == (n_rows("mnli-mm", "test"), 3)
     metrics = json.load(open(mnli_run / "val_metrics.json"))
     assert set(metrics) == {"loss", "metrics"} and set(metrics["metrics"]) == {"acc", "mm-acc"}
-    labels = [get_task("mnli").labels.index(e.label) for e in read_examples(get_task("mnli"), "dev", fixture_dir("mnli"))]
+    labels = [get_task("mnli").labels.index(e.label) for e in get_task("mnli").read("dev", fixture_dir("mnli"))]
     assert metrics["metrics"]["acc"] == pytest.approx(float(np.mean(val.argmax(1) == labels)))
     history = json.load(open(mnli_run / "val_metrics_history.json"))
     assert list(history) == ["0"] and set(history["0"]) == {"loss", "metrics"}

@@ -13,12 +13,12 @@ from conftest import FIXTURES, REPO, run_train
 from stilts.cli import evaluate
 from stilts.io import write_logits_csv
 from stilts.metrics import compute_metrics
-from stilts.tasks import get_task, read_examples
+from stilts.tasks import get_task
 
 
 def dev_labels(task, data_dir):
     """The labels as the trainer holds them (float32 STS-B scores)."""
-    return task.label_ids(read_examples(task, "dev", data_dir))
+    return task.label_ids(task.read("dev", data_dir))
 
 
 def random_logits(task, rows):
@@ -28,7 +28,7 @@ def random_logits(task, rows):
 
 def expected_metrics(task, logits, data_dir):
     """What the trainer computes from its in-memory logits."""
-    return compute_metrics(task.name, task.predictions(logits), dev_labels(task, data_dir))
+    return compute_metrics(task, task.predictions(logits), dev_labels(task, data_dir))
 
 
 def run_evaluate(capsys, *argv):

@@ -16,7 +16,7 @@ from conftest import FIXTURES, make_tiny_bert, refused_by, run_train
 from stilts.cli.train import main
 from stilts.errors import StiltsError
 from stilts.modeling import ModelSource, build_model
-from stilts.tasks import get_task, read_examples
+from stilts.tasks import get_task
 
 RTE = os.path.join(FIXTURES, "RTE")
 
@@ -149,7 +149,7 @@ def test_regression_label_must_be_a_finite_number(tmp_path, score):
     lines[3] = lines[3].rsplit(b"\t", 1)[0] + b"\t" + score.encode() + b"\n"
     (tmp_path / "train.tsv").write_bytes(b"".join(lines))
     with pytest.raises(StiltsError, match=f"train.tsv:4: label '{score}' is not a number"):
-        read_examples(get_task("stsb"), "train", str(tmp_path))
+        get_task("stsb").read("train", str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -210,7 +210,7 @@ def read_or_refuse(task_name, split, folder, content):
     with open(path, "wb") as f:
         f.write(content)
     try:
-        examples = read_examples(task, split, str(folder))
+        examples = task.read(split, str(folder))
     except StiltsError as e:
         assert str(e).startswith(path + ":"), e
         return

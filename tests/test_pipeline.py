@@ -14,7 +14,7 @@ from sklearn.metrics import f1_score
 from conftest import FIXTURES, REPO
 from stilts.cli import run as stilts_run
 from stilts.metrics import majority_baseline
-from stilts.tasks import get_task, read_examples
+from stilts.tasks import get_task
 
 TARGETS = ("rte", "stsb")  # a classification and a regression target
 SEEDS = (1, 2)
@@ -81,9 +81,9 @@ def test_summary_recomputed_from_val_metrics(study):
     for target in TARGETS:
         task = get_task(target)
         folder = os.path.join(FIXTURES, task.folder)
-        train = task.label_ids(read_examples(task, "train", folder))
-        dev = task.label_ids(read_examples(task, "dev", folder))
-        baseline = majority_baseline(target, train, dev)[task.metric]
+        train = task.label_ids(task.read("train", folder))
+        dev = task.label_ids(task.read("dev", folder))
+        baseline = majority_baseline(task, train, dev)[task.metric]
         entry = summary["targets"][target]
         assert entry["majority_baseline"] == pytest.approx(baseline)
         for variant in stilts_run.VARIANTS:
@@ -111,7 +111,7 @@ def test_best_run_feeds_the_submission_input(study):
         assert entry["submission_from"] == best["dir"]
         copied = (out / "submission_input" / target / "test_preds.csv").read_bytes()
         assert copied == (out / best["dir"] / "test_preds.csv").read_bytes()
-        n_test = len(read_examples(get_task(target), "test", os.path.join(FIXTURES, get_task(target).folder)))
+        n_test = len(get_task(target).read("test", os.path.join(FIXTURES, get_task(target).folder)))
         assert len(copied.decode().splitlines()) == n_test
 
 
@@ -207,6 +207,7 @@ def test_degenerate_and_best_rules(tmp_path):
     """At or below the baseline is degenerate (NaN too); ties go to the first run."""
     class Args:
         output_dir = str(tmp_path)
+        tasks = {"rte": get_task("rte")}
 
     values = [0.6, 0.5, 0.6, 0.4, math.nan]
     runs = []
@@ -226,8 +227,8 @@ GLUE_TASKS = ("cola", "sst", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli
 
 def hand_majority_baseline(task, folder):
     """The majority-class dev metric computed from the label strings, independently of stilts.metrics."""
-    train = [e.label for e in read_examples(task, "train", folder)]
-    dev = [e.label for e in read_examples(task, "dev", folder)]
+    train = [e.label for e in task.read("train", folder)]
+    dev = [e.label for e in task.read("dev", folder)]
     if task.is_regression:
         return 0.0  # a constant prediction has no correlation
     majority = collections.Counter(train).most_common(1)[0][0]
@@ -242,7 +243,8 @@ def hand_majority_baseline(task, folder):
 def test_summary_for_every_glue_task_with_its_real_label_strings(tmp_path):
     """Majority baseline, degenerate count and tables on each task's real labels (MRPC/QQP: '0'/'1')."""
     args = argparse.Namespace(intermediate="mnli", targets=list(GLUE_TASKS), glue_dir=FIXTURES,
-                              output_dir=str(tmp_path), no_test=True)
+                              output_dir=str(tmp_path), no_test=True,
+                              tasks={name: get_task(name) for name in ["mnli", *GLUE_TASKS]})
     baselines = stilts_run.majority_baselines(args)
     runs = []
     for target in GLUE_TASKS:

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import FIXTURES, REPO
 from stilts.cli import train as train_cli
-from stilts.tasks import get_task, read_examples
+from stilts.tasks import get_task
 
 SCRIPTS = os.path.join(REPO, "scripts")
 TASKS = ("cola", "sst", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
@@ -148,7 +148,7 @@ def test_demo_data_is_real_glue_rows():
               ("mnli-mm", "dev", "MNLI/tokenized"): 1000,
               ("rte", "train", "RTE"): 2490, ("rte", "dev", "RTE"): 277, ("rte", "test", "RTE"): 3000}
     for (task, split, folder), n in counts.items():
-        examples = read_examples(get_task(task), split, os.path.join(DEMO_DATA, folder))
+        examples = get_task(task).read(split, os.path.join(DEMO_DATA, folder))
         assert len(examples) == n, (task, split)
         if split != "test":
             labels = [e.label for e in examples]

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import FIXTURES
 from stilts.errors import StiltsError
-from stilts.tasks import TASKS, get_task, read_examples, resolve_data_dir
+from stilts.tasks import TASKS, get_task, resolve_data_dir
 
 
 def _count_data_rows(path, header):
@@ -20,7 +20,7 @@ def test_every_split_of_every_task_reads(name):
     folder = os.path.join(FIXTURES, task.folder)
     for split in task.files:
         path = task.path(split, folder)
-        examples = read_examples(task, split, folder)
+        examples = task.read(split, folder)
         assert len(examples) == _count_data_rows(path, task.layouts[split].header)
         assert all(e.text_a for e in examples)
         assert (examples[0].text_b is not None) == (task.layouts[split].text_b is not None)
@@ -44,17 +44,17 @@ def test_label_order_is_the_seeds():
 def test_cola_train_has_no_header_but_test_has_one():
     folder = os.path.join(FIXTURES, "CoLA")
     first_line = open(os.path.join(folder, "train.tsv"), encoding="utf-8").readline().split("\t")
-    assert read_examples(get_task("cola"), "train", folder)[0].text_a == first_line[3].rstrip("\n")
+    assert get_task("cola").read("train", folder)[0].text_a == first_line[3].rstrip("\n")
     first_test_row = open(os.path.join(folder, "test.tsv"), encoding="utf-8").read().split("\n")[1].split("\t")
-    assert read_examples(get_task("cola"), "test", folder)[0].guid == f"test-{first_test_row[0]}"
+    assert get_task("cola").read("test", folder)[0].guid == f"test-{first_test_row[0]}"
 
 
 def test_real_rows_parse_to_their_columns():
-    rte = read_examples(get_task("rte"), "train", os.path.join(FIXTURES, "RTE"))
+    rte = get_task("rte").read("train", os.path.join(FIXTURES, "RTE"))
     with open(os.path.join(FIXTURES, "RTE", "train.tsv"), encoding="utf-8") as f:
         index, sentence1, sentence2, label = f.read().split("\n")[1].split("\t")
     assert (rte[0].guid, rte[0].text_a, rte[0].text_b, rte[0].label) == (f"train-{index}", sentence1, sentence2, label)
-    mrpc = read_examples(get_task("mrpc"), "dev", os.path.join(FIXTURES, "MRPC"))  # file starts with a BOM
+    mrpc = get_task("mrpc").read("dev", os.path.join(FIXTURES, "MRPC"))  # file starts with a BOM
     assert mrpc[0].label in ("0", "1")
 
 
@@ -62,7 +62,7 @@ def test_qqp_skips_and_counts_rows_with_missing_fields(tmp_path, caplog):
     good = "1\t2\t3\tWhat is a?\tWhat is b?\t0"
     (tmp_path / "train.tsv").write_text("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n"
                                         f"{good}\n4\t5\t6\tbroken row\n{good}\n")
-    examples = read_examples(get_task("qqp"), "train", str(tmp_path))
+    examples = get_task("qqp").read("train", str(tmp_path))
     assert len(examples) == 2
     assert "skipped 1 rows" in caplog.text
 
@@ -75,12 +75,12 @@ def test_qqp_skips_and_counts_rows_with_missing_fields(tmp_path, caplog):
 def test_malformed_files_name_file_and_line(tmp_path, content, message):
     (tmp_path / "train.tsv").write_text(content)
     with pytest.raises(StiltsError, match=message):
-        read_examples(get_task("rte"), "train", str(tmp_path))
+        get_task("rte").read("train", str(tmp_path))
 
 
 def test_missing_file_and_unknown_task(tmp_path):
     with pytest.raises(StiltsError, match="dev.tsv: file not found"):
-        read_examples(get_task("rte"), "dev", str(tmp_path))
+        get_task("rte").read("dev", str(tmp_path))
     with pytest.raises(StiltsError, match="unknown task 'foo'"):
         get_task("foo")
 
@@ -102,8 +102,8 @@ def test_snli_train_rows_may_carry_the_annotators_labels(tmp_path):
     validated = plain[:10] + ["neutral", "contradiction", "contradiction", "contradiction", "contradiction"]
     too_wide = validated[:10] + ["neutral"] + validated[10:]
     (tmp_path / "train.tsv").write_text("\n".join("\t".join(row) for row in (header, plain, validated)) + "\n")
-    examples = read_examples(get_task("snli"), "train", str(tmp_path))
+    examples = get_task("snli").read("train", str(tmp_path))
     assert [(e.text_b, e.label) for e in examples] == [("A man is awake.", "contradiction")] * 2
     (tmp_path / "train.tsv").write_text("\n".join("\t".join(row) for row in (header, too_wide)) + "\n")
     with pytest.raises(StiltsError, match="train.tsv:2: 16 tab-separated fields, but the header has 11"):
-        read_examples(get_task("snli"), "train", str(tmp_path))
+        get_task("snli").read("train", str(tmp_path))

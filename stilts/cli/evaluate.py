@@ -14,7 +14,7 @@ from stilts.tasks import get_task, resolve_data_dir
 @report_errors
 def main(argv=None):
     parser = ArgumentParser(description="Compute GLUE dev metrics from a predictions file.")
-    parser.add_argument("--task-name", required=True)
+    parser.add_argument("--task-name", required=True, help="a GLUE task, or a task file (*.json)")
     parser.add_argument("--pred-file-path", required=True, help="logits, one row per dev example (val_preds.csv)")
     parser.add_argument("--task-data-dir", default=None, help="the task's GLUE folder (default: $GLUE_DIR/<folder>)")
     parser.add_argument("--mnli-mm-data-dir", default=None,
@@ -23,13 +23,13 @@ def main(argv=None):
     parser.add_argument("--no-print", action="store_true")
     args = parser.parse_args(argv)
 
-    task = get_task(args.task_name)
+    task = get_task(args.task_name, data_dir=args.task_data_dir)
     if args.output_path is not None:
         check_writable_file(args.output_path, "--output-path")
     data_dir = resolve_data_dir(task, args.task_data_dir, flag="--task-data-dir")
     from stilts import rescoring  # scikit-learn and SciPy: only once the flags are good
 
-    metrics = rescoring.evaluate_predictions(task.name, args.pred_file_path, data_dir, args.mnli_mm_data_dir)
+    metrics = rescoring.evaluate_predictions(task, args.pred_file_path, data_dir, args.mnli_mm_data_dir)
     if not args.no_print:
         print(json.dumps(metrics, indent=2))
     if args.output_path is not None:

@@ -30,7 +30,7 @@ from stilts.cli import train as train_cli
 from stilts.errors import StiltsError
 from stilts.io import atomic_write, check_writable_folder, write_json
 from stilts.settings import flag_names
-from stilts.tasks import get_task, read_examples, resolve_data_dir
+from stilts.tasks import get_task, resolve_data_dir
 
 # Each run is stilts-train's module in this Python: the same from a clone and from an installed wheel.
 TRAIN_COMMAND = [sys.executable, "-m", "stilts.cli.train"]
@@ -62,8 +62,9 @@ def build_parser():
         prog="stilts-run", allow_abbrev=False,
         description="STILTs study: intermediate task once, then each target with restarts "
                     "(and without STILTs with --compare). Other flags go to every glue/train.py run.")
-    p.add_argument("--intermediate", required=True, help="intermediate task, e.g. mnli")
-    p.add_argument("--targets", required=True, help="comma-separated target tasks, e.g. rte,mrpc,stsb")
+    p.add_argument("--intermediate", required=True, help="intermediate task, e.g. mnli, or a task file (*.json)")
+    p.add_argument("--targets", required=True,
+                   help="comma-separated target tasks, e.g. rte,mrpc,stsb or rte,path/to/my_task.json")
     p.add_argument("--restarts", type=int, default=None, help="runs per target and variant (seeds 1..N)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds, one per restart (default 1..N)")
     p.add_argument("--intermediate_seed", type=int, default=0,
@@ -99,14 +100,22 @@ def parse_args(argv=None):
         raise StiltsError(f"not a stilts-run or glue/train.py flag: {' '.join(unknown)}")
     args.shared = train_cli.build_parser().parse_args(passthrough + dummy)
 
-    args.intermediate = get_task(args.intermediate).name
-    args.targets = [get_task(t).name for t in args.targets.split(",") if t.strip()]
-    if not args.targets:
+    intermediate = get_task(args.intermediate)
+    targets = [get_task(t.strip()) for t in args.targets.split(",") if t.strip()]
+    if not targets:
         raise StiltsError("--targets: give at least one task, e.g. --targets rte,mrpc")
+    args.tasks = {}  # name -> Task: the study's folders, summaries and runs name tasks by name
+    for task in [intermediate] + targets:
+        if args.tasks.get(task.name, task).spec != task.spec:
+            raise StiltsError(f"two tasks are named {task.name!r} ({args.tasks[task.name].spec} and {task.spec}); "
+                              f"give them different names")
+        args.tasks[task.name] = task
+    args.intermediate, args.targets = intermediate.name, list(dict.fromkeys(t.name for t in targets))
     args.seeds = parse_seeds(args.seeds, args.restarts)
-    if not args.glue_dir:
-        raise StiltsError("no GLUE data folder: pass --glue_dir or set GLUE_DIR")
-    args.glue_dir = os.path.abspath(args.glue_dir)
+    if any(task.default_folder() is None for task in args.tasks.values()):  # a GLUE task
+        if not args.glue_dir:
+            raise StiltsError("no GLUE data folder: pass --glue_dir or set GLUE_DIR")
+        args.glue_dir = os.path.abspath(args.glue_dir)
     args.output_dir = os.path.abspath(args.output_dir)
     if os.path.isdir(args.bert_model):  # a local folder: the same absolute path in every run's args.json
         args.bert_model = os.path.abspath(args.bert_model)
@@ -171,19 +180,22 @@ class Run:
 
 
 def data_dir(args, task_name):
-    return resolve_data_dir(get_task(task_name), glue_dir=args.glue_dir)
+    return resolve_data_dir(args.tasks[task_name], glue_dir=args.glue_dir)
 
 
 def has_test(args, task_name):
-    """Whether the target's test file(s) exist; a study on partial data skips the test predictions."""
-    task = get_task(task_name)
-    paths = [task.path("test", data_dir(args, task_name))]
+    """Whether the target's test split(s) exist; a study on partial data skips the test predictions."""
+    task = args.tasks[task_name]
+    splits = [(task, data_dir(args, task_name))]
     if task.name == "mnli":
-        paths.append(get_task("mnli-mm").path("test", args.shared.mnli_mm_data_dir or data_dir(args, task_name)))
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        print(f"stilts-run: {missing[0]} not found: {task_name} runs will not predict the test set", flush=True)
-    return not missing
+        splits.append((get_task("mnli-mm"), args.shared.mnli_mm_data_dir or data_dir(args, task_name)))
+    try:
+        for split_task, folder in splits:
+            split_task.check_split("test", folder)
+    except StiltsError as e:
+        print(f"stilts-run: {e}: {task_name} runs will not predict the test set", flush=True)
+        return False
+    return True
 
 
 def plan(args, passthrough):
@@ -192,7 +204,7 @@ def plan(args, passthrough):
     stage_a_dir = os.path.join(args.output_dir, f"intermediate_{args.intermediate}")
     checkpoint = os.path.join(stage_a_dir, "all_state.p")
     stage_a = Run(f"stage A: {args.intermediate}", stage_a_dir,
-                  ["--task_name", args.intermediate, "--data_dir", data_dir(args, args.intermediate),
+                  ["--task_name", args.tasks[args.intermediate].spec, "--data_dir", data_dir(args, args.intermediate),
                    "--output_dir", stage_a_dir, "--seed", str(args.intermediate_seed), "--do_train", "--do_val",
                    "--bert_load_mode", "from_pretrained"] + common + args.intermediate_extra
                   + (STAGE_A_SAVE_ADAPTERS if args.adapters else STAGE_A_SAVE),
@@ -211,7 +223,7 @@ def plan(args, passthrough):
         for seed in args.seeds:
             for variant in VARIANTS[:2 if args.compare else 1]:
                 folder = os.path.join(args.output_dir, target, variant, f"seed_{seed}")
-                argv = (["--task_name", target, "--data_dir", data_dir(args, target), "--output_dir", folder,
+                argv = (["--task_name", args.tasks[target].spec, "--data_dir", data_dir(args, target), "--output_dir", folder,
                          "--seed", str(seed), "--do_train", "--do_val"] + (["--do_test"] if test else [])
                         + sources[variant] + common)
                 runs.append(Run(f"{target} {variant} seed {seed}", folder, argv, tuple(outputs),
@@ -296,20 +308,20 @@ def majority_baselines(args):
 
     out = {}
     for target in args.targets:
-        task = get_task(target)
+        task = args.tasks[target]
         folder = data_dir(args, target)
         # Label ids, as the trainer scores them: the TSVs' label strings ('0'/'1' for MRPC and QQP)
         # are not the positive label 1 that F1 needs.
-        train_labels = task.label_ids(read_examples(task, "train", folder))
-        dev_labels = task.label_ids(read_examples(task, "dev", folder))
-        out[target] = majority_baseline(task.name, train_labels, dev_labels)[task.metric]
+        train_labels = task.label_ids(task.read("train", folder))
+        dev_labels = task.label_ids(task.read("dev", folder))
+        out[target] = majority_baseline(task, train_labels, dev_labels)[task.metric]
     return out
 
 
-def run_value(run):
+def run_value(args, run):
     """The run's dev score on its task's metric, from its val_metrics.json."""
     path = os.path.join(run.folder, "val_metrics.json")
-    metric = get_task(run.task).metric
+    metric = args.tasks[run.task].metric
     try:
         return float(read_json(path)["metrics"][metric])
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -330,12 +342,12 @@ def summarize(args, runs, baselines):
 
 
 def variant_summary(args, target, runs, baseline):
-    values = np.array([run_value(r) for r in runs])
+    values = np.array([run_value(args, r) for r in runs])
     best = int(np.nanargmax(values)) if not np.isnan(values).all() else 0  # first of equal bests
     # NaN (a diverged run) is never above the baseline, so it counts as degenerate.
     degenerate = int(sum(not v > baseline + DEGENERATE_TOLERANCE for v in values))
     return {
-        "metric": get_task(target).metric,
+        "metric": args.tasks[target].metric,
         "runs": [{"seed": r.seed, "dir": relative(args, r.folder), "value": float(v)} for r, v in zip(runs, values)],
         "mean": float(values.mean()),
         "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,  # sample standard deviation
@@ -357,7 +369,8 @@ def export_best(args, summary, runs):
         candidates = [run for variant in VARIANTS if variant in entry for run in entry[variant]["runs"]]
         best = max(candidates, key=lambda run: -np.inf if np.isnan(run["value"]) else run["value"])
         source = os.path.join(args.output_dir, best["dir"])
-        names = [n for n in ("test_preds.csv", "mm_test_preds.csv") if os.path.isfile(os.path.join(source, n))]
+        names = [n for n in ("test_preds.csv", "mm_test_preds.csv", "test_predictions.csv")
+                 if os.path.isfile(os.path.join(source, n))]
         if not names:
             entry["submission_from"] = None
             continue
@@ -384,7 +397,7 @@ def markdown(args, summary):
                              f"| {s['best_dir']} |")
     lines.append("")
     lines.append("Majority-class baseline (dev): " + "; ".join(
-        f"{t} {get_task(t).metric} {100 * e['majority_baseline']:.1f}" for t, e in summary["targets"].items()))
+        f"{t} {args.tasks[t].metric} {100 * e['majority_baseline']:.1f}" for t, e in summary["targets"].items()))
     stage_a = os.path.join(args.output_dir, f"intermediate_{args.intermediate}", "val_metrics.json")
     if os.path.isfile(stage_a):
         metrics = read_json(stage_a)["metrics"]
@@ -416,7 +429,7 @@ def plot(summary, path):
         ax.axhline(100 * entry["majority_baseline"], color="gray", linestyle="--", label="majority class")
         ax.set_title(target)
         ax.set_xlabel("restart (seed)")
-        ax.set_ylabel(f"dev {get_task(target).metric} (x100)")
+        ax.set_ylabel(f"dev {entry['stilts']['metric']} (x100)")
         ax.legend(fontsize="small")
     fig.tight_layout()
     with atomic_write(path, "wb") as f:

@@ -29,7 +29,7 @@ def build_parser():
 
 def check_args(args):
     """Every check that needs no model: fail before anything is written or computed."""
-    task = get_task(args.task_name)
+    task = get_task(args.task_name, data_dir=args.data_dir)
     if not (args.do_train or args.do_val or args.do_test):
         raise StiltsError("nothing to do: pass at least one of --do_train, --do_val, --do_test")
     check_numbers(args)
@@ -49,11 +49,12 @@ def check_args(args):
     data_dir = resolve_data_dir(task, args.data_dir)
     asked_by = {"train": "--do_train", "dev": "--do_val", "test": "--do_test"}
     for split_file in splits_of(args, task, data_dir):
-        if not os.path.isfile(split_file.path):
-            hint = " or --mnli_mm_data_dir" if split_file.key.startswith("mm_") else ""
-            raise StiltsError(f"{split_file.path}: file not found (needed by {asked_by[split_file.split]} for "
-                              f"{split_file.task.name}); point --data_dir{hint} to a folder holding "
-                              f"{os.path.basename(split_file.path)}")
+        try:
+            split_file.task.check_split(split_file.split, split_file.folder)
+        except StiltsError as e:
+            flag = "--mnli_mm_data_dir" if split_file.key.startswith("mm_") else "--data_dir"
+            raise StiltsError(f"{e} (needed by {asked_by[split_file.split]} for {split_file.task.name}); "
+                              f"check {flag}") from None
     check_writable_folder(args.output_dir, "--output_dir")
     if os.path.isdir(args.output_dir) and not args.force_overwrite:
         run_folder.check_empty(args.output_dir)
@@ -99,10 +100,9 @@ def check_numbers(args):
 def check_max_seq_length(args, task):
     """Room for the special tokens and a word piece of each sentence, and no more positions than
     the model has (beyond them, training would crash at the first long batch)."""
-    pair = any(layout.text_b is not None for layout in task.layouts.values())
-    least = 5 if pair else 3
+    least = 5 if task.has_pairs else 3
     if args.max_seq_length < least:
-        layout = "[CLS] a [SEP] b [SEP]" if pair else "[CLS] a [SEP]"
+        layout = "[CLS] a [SEP] b [SEP]" if task.has_pairs else "[CLS] a [SEP]"
         raise StiltsError(f"--max_seq_length {args.max_seq_length}: {task.name} inputs are {layout}, which "
                           f"needs at least {least} tokens")
     positions = model_positions(args.bert_model, args.bert_config_json_path)

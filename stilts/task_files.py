@@ -1,0 +1,430 @@
+"""A user's own task, described by a JSON task file (docs/tasks.md).
+
+    {"name": "my_rte", "type": "classification",
+     "files": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
+     "text_a": "sentence1", "text_b": "sentence2", "label": "label",
+     "labels": ["entailment", "not_entailment"], "metric": "acc"}
+
+The stages: `load_task_file` reads and checks the JSON (every key, before any data is read) and
+returns a `FileTask`; its `read(split, folder)` loads a split as a `Table` of columns (CSV, TSV,
+JSON Lines or parquet by extension, or a Hugging Face dataset) and turns the rows into `Example`s,
+checking each value against the task. Relative file names are read from --data_dir when given,
+else from the task file's folder. Every problem is one line naming the task file and its key, or
+the data file and its row.
+"""
+import csv
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+from typing import Optional
+
+from stilts.errors import StiltsError
+from stilts.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, SPLITS, Example, Task, file_digest
+
+METRICS = {  # the metrics each type can be ranked by; the first is the default
+    CLASSIFICATION: ("acc", "f1", "acc_and_f1", "mcc"),
+    REGRESSION: ("corr", "pearson", "spearmanr"),
+    MULTIPLE_CHOICE: ("acc",),
+}
+COMMON_KEYS = {"name", "type", "files", "dataset", "label", "labels", "metric", "id"}
+KEYS = {  # the keys each type takes beyond COMMON_KEYS; those named first are required
+    CLASSIFICATION: ({"text_a"}, {"text_b"}),
+    REGRESSION: ({"text_a"}, {"text_b"}),
+    MULTIPLE_CHOICE: ({"context", "choices"}, set()),
+}
+DATASET_KEYS = {"path", "name", "splits", "data_files", "revision"}
+DATASET_SPLITS = {"train": "train", "dev": "validation", "test": "test"}  # the hub's usual split names
+READERS = (".csv", ".tsv", ".jsonl", ".parquet")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # it names folders and cache files
+
+
+@dataclasses.dataclass(frozen=True)
+class FileTask(Task):
+    """A task from a task file: which columns hold what, and where each split is."""
+    task_type: str = CLASSIFICATION
+    spec_path: str = ""                 # the task file, for messages
+    text_a: tuple = ()                  # columns joined by a space (multiple choice: the context)
+    text_b: Optional[tuple] = None
+    choices: object = None              # multiple choice: a tuple of columns, or one list column's name
+    label: str = "label"
+    id: Optional[str] = None            # the column of ids written to test_predictions.csv (default: row number)
+    files: Optional[dict] = None        # split -> file name (relative: to the data folder)
+    dataset: Optional[dict] = None      # load_dataset arguments and the split names
+
+    @property
+    def type(self):
+        return self.task_type
+
+    @property
+    def has_pairs(self):
+        return self.text_b is not None or self.is_multiple_choice
+
+    @property
+    def spec(self):
+        return self.spec_path
+
+    def default_folder(self):
+        return os.path.dirname(os.path.abspath(self.spec_path))
+
+    def check_split(self, split, folder):
+        if self.files is not None:
+            if split not in self.files:
+                raise StiltsError(f"{self.spec_path}: no {split} file under 'files' (it has: {', '.join(self.files)})")
+            path = os.path.join(folder, self.files[split])
+            if not os.path.isfile(path):
+                raise StiltsError(f"{path}: file not found ('files' {split} of {self.spec_path})")
+        elif split not in self.dataset["splits"]:
+            raise StiltsError(f"{self.spec_path}: no {split} split under 'dataset' 'splits' "
+                              f"(it has: {', '.join(self.dataset['splits'])})")
+
+    def source_digest(self, split, folder):
+        columns = {k: getattr(self, k) for k in ("task_type", "text_a", "text_b", "choices", "label", "labels")}
+        table_id = (file_digest(os.path.join(folder, self.files[split])) if self.files is not None
+                    else self._dataset_split(split, folder).fingerprint)
+        return {"columns": json.loads(json.dumps(columns)), "data": table_id}
+
+    def read(self, split, folder):
+        self.check_split(split, folder)
+        table = self._table(split, folder)
+        examples = [self._example(table, i, split) for i in range(table.rows)]
+        if not examples:
+            raise StiltsError(f"{table.where}: no examples (empty {split} split)")
+        return examples
+
+    # ------------------------------------------------------------------ rows -> examples
+    def _table(self, split, folder):
+        if self.files is not None:
+            return read_table(os.path.join(folder, self.files[split]))
+        return self._dataset_split(split, folder)
+
+    def _dataset_split(self, split, folder):
+        return read_dataset(self.dataset, self.dataset["splits"][split], folder, self.spec_path)
+
+    def _example(self, table, i, split):
+        ident = str(table.value(self.id, i, "id")) if self.id else str(i)
+        label = None if split == "test" else self._label(table, i)
+        if self.is_multiple_choice:
+            choices = ([table.text(c, i, "choices") for c in self.choices] if isinstance(self.choices, tuple)
+                       else table.choice_list(self.choices, i, self.num_labels))
+            return Example(ident, table.joined(self.text_a, i, "context"), None, label, choices)
+        text_b = table.joined(self.text_b, i, "text_b") if self.text_b is not None else None
+        return Example(ident, table.joined(self.text_a, i, "text_a"), text_b, label)
+
+    def _label(self, table, i):
+        value = table.value(self.label, i, "label")
+        if self.is_regression:
+            number = _number(value)
+            if number is None:
+                raise StiltsError(f"{table.row(i)}: label {value!r} is not a number ({self.name} is a regression task)")
+            return number
+        text = table.label_text(self.label, value, class_names=not self.is_multiple_choice)
+        if text not in self.labels:
+            expected = (f"a choice number from 0 to {self.num_labels - 1}" if self.is_multiple_choice
+                        else f"one of 'labels': {', '.join(self.labels)}")
+            raise StiltsError(f"{table.row(i)}: label {text!r} is not {expected}")
+        return text
+
+
+def _number(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a split: a Table of columns
+
+
+@dataclasses.dataclass
+class Table:
+    """A split's columns, and how to name one of its rows in a message."""
+    where: str                      # the file, or the dataset and split
+    columns: dict                   # name -> list of values
+    rows: int
+    lines: Optional[list] = None    # JSON Lines: the line of each row
+    label_names: Optional[dict] = None  # column -> class names (a dataset's ClassLabel columns)
+    fingerprint: str = ""
+
+    def row(self, i):
+        return f"{self.where}:{self.lines[i]}" if self.lines else f"{self.where}: row {i + 1}"
+
+    def value(self, column, i, key):
+        values = self.columns.get(column)
+        if values is None:
+            raise StiltsError(f"{self.where}: no column {column!r} (key {key!r}); it has: {', '.join(self.columns)}")
+        value = values[i]
+        if value is None or value is _MISSING or (isinstance(value, float) and math.isnan(value)):
+            raise StiltsError(f"{self.row(i)}: no value in column {column!r} (key {key!r})")
+        return value
+
+    def text(self, column, i, key):
+        value = self.value(column, i, key)
+        return value if isinstance(value, str) else str(value)
+
+    def joined(self, columns, i, key):
+        return " ".join(self.text(c, i, key) for c in columns)
+
+    def choice_list(self, column, i, count):
+        value = self.value(column, i, "choices")
+        if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != count:
+            raise StiltsError(f"{self.row(i)}: column {column!r} (key 'choices') should hold a list of {count} texts")
+        return [str(v) for v in value]
+
+    def label_text(self, column, value, class_names=True):
+        """A class label as a string: a dataset's class name, an integer without '.0', else str()."""
+        names = (self.label_names or {}).get(column) if class_names else None
+        if names is not None and isinstance(value, int) and 0 <= value < len(names):
+            return names[value]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return str(value)
+
+
+_MISSING = object()  # a JSON Lines row without the key
+
+
+def read_table(path):
+    """A data file's columns, by extension: CSV and TSV as text, JSON Lines and parquet as typed."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in READERS:
+        raise StiltsError(f"{path}: unknown data file type {ext or '(none)'}; use one of {', '.join(READERS)}")
+    if ext == ".jsonl":
+        return _read_jsonl(path)
+    import pandas as pd
+
+    try:
+        if ext == ".parquet":
+            frame = pd.read_parquet(path)
+        else:  # TSV as GLUE writes it: no quoting; CSV with the usual quoting
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if ext == ".tsv" else ",",
+                                quoting=csv.QUOTE_NONE if ext == ".tsv" else csv.QUOTE_MINIMAL)
+    except ImportError:
+        raise StiltsError(f"{path}: reading parquet needs pyarrow: pip install 'stilts[datasets]'") from None
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise StiltsError(f"{path}: cannot read as {ext[1:].upper()}: {' '.join(str(e).split())[:200]}") from None
+    columns = {str(name): frame[name].tolist() for name in frame.columns}
+    return Table(path, columns, len(frame))
+
+
+def _read_jsonl(path):
+    records, lines = [], []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as e:
+                    raise StiltsError(f"{path}:{lineno}: not valid JSON ({e})") from None
+                if not isinstance(record, dict):
+                    raise StiltsError(f"{path}:{lineno}: expected a JSON object per line, found {type(record).__name__}")
+                records.append(record)
+                lines.append(lineno)
+    except UnicodeDecodeError as e:
+        raise StiltsError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise StiltsError(f"{path}: cannot read: {e.strerror}") from None
+    names = list(dict.fromkeys(key for record in records for key in record))
+    columns = {name: [record.get(name, _MISSING) for record in records] for name in names}
+    return Table(path, columns, len(records), lines=lines)
+
+
+def read_dataset(spec, split, folder, spec_path):
+    """One split of a Hugging Face dataset (a hub id, or a local folder or files under `folder`)."""
+    try:
+        import datasets
+    except ImportError:
+        raise StiltsError(f"{spec_path}: 'dataset' needs the datasets package: pip install 'stilts[datasets]'") from None
+    path = spec["path"]
+    local = os.path.join(folder, path)
+    if os.path.exists(local):
+        path = local
+    data_files = spec.get("data_files")
+    if isinstance(data_files, dict):
+        data_files = {k: _under(folder, v) for k, v in data_files.items()}
+    elif data_files is not None:
+        data_files = _under(folder, data_files)
+    where = f"dataset {spec['path']}" + (f" ({spec['name']})" if spec.get("name") else "") + f" split {split}"
+    try:
+        data = datasets.load_dataset(path, spec.get("name"), data_files=data_files, split=split,
+                                     revision=spec.get("revision"))
+    except Exception as e:  # offline, unknown id or split, unreadable files: the library's many errors
+        raise StiltsError(f"{spec_path}: cannot load {where} ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]})") from None
+    names = {name: feature.names for name, feature in data.features.items()
+             if isinstance(feature, datasets.ClassLabel)}
+    return Table(where, data.to_dict(), len(data), label_names=names, fingerprint=data._fingerprint)
+
+
+def _under(folder, names):
+    return [os.path.join(folder, n) for n in names] if isinstance(names, list) else os.path.join(folder, names)
+
+
+# ---------------------------------------------------------------------------------------------
+# The task file
+
+
+def load_task_file(path, data_dir=None):
+    """The task a task file describes. Without a 'labels' key the labels are the train split's,
+    sorted (or the class names of a dataset's label column)."""
+    path = os.path.abspath(path)
+    try:
+        changed = os.stat(path).st_mtime_ns
+    except OSError:
+        changed = None  # _read_spec says why
+    return _load(path, changed, data_dir)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path, changed, data_dir):
+    """load_task_file, once per file version (stilts-run checks every run's flags)."""
+    spec = _read_spec(path)
+    task_type = spec.get("type", CLASSIFICATION)
+    _check_keys(spec, path, task_type)
+    fields = dict(name=spec["name"], metric=spec.get("metric", METRICS[task_type][0]), task_type=task_type,
+                  spec_path=path, label=spec.get("label", "label"), id=spec.get("id"),
+                  files=spec.get("files"), dataset=_dataset_spec(spec, path), labels=None)
+    if task_type == MULTIPLE_CHOICE:
+        fields.update(text_a=_columns(spec, "context", path), choices=_choices(spec, path))
+    else:
+        fields.update(text_a=_columns(spec, "text_a", path),
+                      text_b=_columns(spec, "text_b", path) if "text_b" in spec else None)
+    task = FileTask(**fields)
+    folder = data_dir or task.default_folder()
+    if task_type == CLASSIFICATION:
+        labels = spec.get("labels") or _train_labels(task, folder)
+        return dataclasses.replace(task, labels=tuple(labels))
+    if task_type == MULTIPLE_CHOICE:
+        count = len(task.choices) if isinstance(task.choices, tuple) else _choice_count(task, folder)
+        return dataclasses.replace(task, labels=tuple(str(i) for i in range(count)))
+    return task
+
+
+def _read_spec(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except FileNotFoundError:
+        raise StiltsError(f"{path}: task file not found") from None
+    except OSError as e:
+        raise StiltsError(f"{path}: cannot read the task file: {e.strerror}") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise StiltsError(f"{path}: not a JSON task file ({e})") from None
+    if not isinstance(spec, dict):
+        raise StiltsError(f"{path}: a task file holds a JSON object, found {type(spec).__name__}")
+    return spec
+
+
+def _check_keys(spec, path, task_type):
+    if task_type not in KEYS:
+        raise StiltsError(f"{path}: 'type' {task_type!r} is not one of {', '.join(KEYS)}")
+    required, optional = KEYS[task_type]
+    unknown = sorted(set(spec) - COMMON_KEYS - required - optional)
+    if unknown:
+        raise StiltsError(f"{path}: unknown key {unknown[0]!r} for a {task_type} task (keys: "
+                          f"{', '.join(sorted(COMMON_KEYS | required | optional))})")
+    missing = sorted(({"name"} | required) - set(spec))
+    if missing:
+        raise StiltsError(f"{path}: missing key {missing[0]!r} (a {task_type} task needs {', '.join(sorted(required))})")
+    if not isinstance(spec["name"], str) or not NAME.match(spec["name"]):
+        raise StiltsError(f"{path}: 'name' {spec['name']!r} should be letters, digits, '_', '-' or '.' "
+                          f"(it names folders)")
+    if ("files" in spec) == ("dataset" in spec):
+        raise StiltsError(f"{path}: give either 'files' or 'dataset'")
+    if "files" in spec:
+        files = spec["files"]
+        if (not isinstance(files, dict) or not files or set(files) - set(SPLITS)
+                or not all(isinstance(v, str) and v for v in files.values())):
+            raise StiltsError(f"{path}: 'files' should map some of {', '.join(SPLITS)} to file names")
+        for split, name in files.items():
+            if os.path.splitext(name)[1].lower() not in READERS:
+                raise StiltsError(f"{path}: 'files' {split} {name!r}: unknown data file type; use one of "
+                                  f"{', '.join(READERS)}")
+    metric = spec.get("metric", METRICS[task_type][0])
+    if metric not in METRICS[task_type]:
+        raise StiltsError(f"{path}: 'metric' {metric!r} does not fit a {task_type} task (use one of "
+                          f"{', '.join(METRICS[task_type])})")
+    for key in ("label", "id"):
+        if key in spec and not (isinstance(spec[key], str) and spec[key]):
+            raise StiltsError(f"{path}: {key!r} should be a column name")
+    if "labels" in spec:
+        labels = spec["labels"]
+        if task_type != CLASSIFICATION:
+            raise StiltsError(f"{path}: 'labels' is for classification tasks (a {task_type} task's labels are "
+                              f"{'numbers' if task_type == REGRESSION else 'choice numbers'})")
+        if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(v, str) for v in labels)
+                or len(set(labels)) != len(labels)):
+            raise StiltsError(f"{path}: 'labels' should list two or more distinct label strings")
+
+
+def _columns(spec, key, path):
+    """A text key: one column, or a list of columns whose texts are joined by a space."""
+    value = spec[key]
+    columns = [value] if isinstance(value, str) else value
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) and c for c in columns):
+        raise StiltsError(f"{path}: {key!r} should be a column name or a list of column names")
+    return tuple(columns)
+
+
+def _choices(spec, path):
+    """Multiple choice: a list of two or more columns, or the name of one column holding lists."""
+    value = spec["choices"]
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) and c for c in value):
+        return tuple(value)
+    raise StiltsError(f"{path}: 'choices' should list two or more columns, or name one column holding lists")
+
+
+def _dataset_spec(spec, path):
+    if "dataset" not in spec:
+        return None
+    dataset = spec["dataset"]
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("path"), str) or not dataset["path"]:
+        raise StiltsError(f"{path}: 'dataset' should be an object with a 'path' (a hub id, or a local folder)")
+    unknown = sorted(set(dataset) - DATASET_KEYS)
+    if unknown:
+        raise StiltsError(f"{path}: unknown key {unknown[0]!r} in 'dataset' (keys: {', '.join(sorted(DATASET_KEYS))})")
+    splits = dataset.get("splits", DATASET_SPLITS)
+    if (not isinstance(splits, dict) or not splits or set(splits) - set(SPLITS)
+            or not all(isinstance(v, str) and v for v in splits.values())):
+        raise StiltsError(f"{path}: 'dataset' 'splits' should map some of {', '.join(SPLITS)} to the dataset's "
+                          f"split names")
+    return {**dataset, "splits": splits}
+
+
+def _train_labels(task, folder):
+    """The label set of the train split, sorted; a dataset's class names in their order."""
+    if "train" not in (task.files or task.dataset["splits"]):
+        raise StiltsError(f"{task.spec_path}: no 'labels' and no train split to take them from; list them "
+                          f"under 'labels'")
+    task.check_split("train", folder)
+    table = task._table("train", folder)
+    names = (table.label_names or {}).get(task.label)
+    if names is not None:
+        return names
+    labels = sorted({table.label_text(task.label, table.value(task.label, i, "label")) for i in range(table.rows)})
+    if len(labels) < 2:
+        raise StiltsError(f"{table.where}: the train split has {len(labels)} distinct label(s) in column "
+                          f"{task.label!r}; a classification task needs two or more")
+    return labels
+
+
+def _choice_count(task, folder):
+    """A list column's number of choices, from the first split there is (every row must match it)."""
+    for split in SPLITS:
+        if split in (task.files or task.dataset["splits"]):
+            task.check_split(split, folder)
+            table = task._table(split, folder)
+            value = table.value(task.choices, 0, "choices")
+            if isinstance(value, str) or not hasattr(value, "__len__") or len(value) < 2:
+                raise StiltsError(f"{table.row(0)}: column {task.choices!r} (key 'choices') should hold a list "
+                                  f"of two or more texts")
+            return len(value)
+    raise StiltsError(f"{task.spec_path}: no split to read")
