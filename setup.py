@@ -46,6 +46,7 @@ setup(
             "stilts-make-submission=stilts.cli.make_submission:main",
             "stilts-run=stilts.cli.run:main",
             "stilts-download-glue=stilts.cli.download_glue:main",
+            "stilts-rank=stilts.cli.rank:main",
         ]
     },
 )

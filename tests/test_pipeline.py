@@ -12,12 +12,14 @@ import pytest
 from sklearn.metrics import f1_score
 
 from conftest import FIXTURES, REPO
+from stilts import study_summary
 from stilts.cli import run as stilts_run
 from stilts.metrics import majority_baseline
 from stilts.tasks import get_task
 
 TARGETS = ("rte", "stsb")  # a classification and a regression target
 SEEDS = (1, 2)
+ARMS = ("stilts", "baseline")
 TRAIN_FLAGS = ["--do_lower_case", "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
                "--train_batch_size", "4", "--eval_batch_size", "64", "--max_seq_length", "64"]
 
@@ -45,7 +47,7 @@ def read_json(path):
 
 
 def run_dirs(out):
-    return {(t, v, s): out / t / v / f"seed_{s}" for t in TARGETS for v in stilts_run.VARIANTS for s in SEEDS}
+    return {(t, v, s): out / t / v / f"seed_{s}" for t in TARGETS for v in ARMS for s in SEEDS}
 
 
 def test_folder_layout_and_run_settings(study):
@@ -86,9 +88,10 @@ def test_summary_recomputed_from_val_metrics(study):
         baseline = majority_baseline(task, train, dev)[task.metric]
         entry = summary["targets"][target]
         assert entry["majority_baseline"] == pytest.approx(baseline)
-        for variant in stilts_run.VARIANTS:
+        for variant in ARMS:
             s = entry[variant]
-            assert set(s) == {"metric", "runs", "mean", "std", "min", "max", "degenerate", "best_dir"}
+            assert set(s) == {"metric", "runs", "mean", "std", "min", "max", "degenerate", "best_dir"} | (
+                {"gain"} if variant == "stilts" else set())
             values = [read_json(out / target / variant / f"seed_{seed}" / "val_metrics.json")["metrics"][task.metric]
                       for seed in SEEDS]
             assert s["metric"] == task.metric
@@ -99,6 +102,10 @@ def test_summary_recomputed_from_val_metrics(study):
             assert (s["min"], s["max"]) == (min(values), max(values))
             assert s["degenerate"] == sum(v <= baseline + 1e-9 for v in values)
             assert s["best_dir"] == f"{target}/{variant}/seed_{SEEDS[int(np.argmax(values))]}"
+        differences = [a["value"] - b["value"] for a, b in zip(entry["stilts"]["runs"], entry["baseline"]["runs"])]
+        gain = entry["stilts"]["gain"]
+        assert gain["mean"] == pytest.approx(np.mean(differences)) and gain["paired_runs"] == len(SEEDS)
+        assert gain["interval"] == "bootstrap" and min(differences) <= gain["ci95_low"] <= gain["ci95_high"]
 
 
 def test_best_run_feeds_the_submission_input(study):
@@ -121,17 +128,21 @@ def test_table_plot_and_stdout(study):
     assert table in result.stdout
     summary = read_json(out / "summary.json")
     for target in TARGETS:
-        for variant in stilts_run.VARIANTS:
+        for variant in ARMS:
             s = summary["targets"][target][variant]
+            gain = study_summary.format_gain(s["gain"]) if variant == "stilts" else ""
             row = (f"| {target} | {variant} | {s['metric']} | {100 * s['mean']:.1f} ± {100 * s['std']:.1f} "
-                   f"| {100 * s['min']:.1f} | {100 * s['max']:.1f} | {s['degenerate']}/2 | {s['best_dir']} |")
+                   f"| {100 * s['min']:.1f} | {100 * s['max']:.1f} | {s['degenerate']}/2 | {gain} | {s['best_dir']} |")
             assert row in table
+    matrix = (out / "transfer_matrix.md").read_text()
+    assert matrix in result.stdout and "| mnli | " in matrix
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert not (out / "summary.png").exists() and "matplotlib is not installed" in result.stdout
     else:
-        assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for name in ("summary.png", "transfer_matrix.png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rerun_skips_finished_runs_and_redoes_a_crashed_one(study, tiny_bert_dir, capfd):
@@ -182,10 +193,47 @@ BASE = ["--intermediate", "mnli", "--targets", "rte", "--restarts", "2", "--bert
     (["--no_such_flag", "1"], "not a stilts-run or glue/train.py flag: --no_such_flag 1"),
     (["--seeds", "1,2,3"], "--restarts 2 but --seeds lists 3 seeds"),
     (["--targets", "rte,nope"], "unknown task 'nope'"),
+    (["--intermediates", "mnli,qnli"], "give one of --intermediate TASK and --intermediates TASK,TASK,..."),
 ])
 def test_bad_command_lines(capsys, extra, message):
     code, err = run_main(capsys, *BASE, *extra)
     assert code == 2 and message in err
+
+
+def test_a_study_needs_an_intermediate(capsys):
+    code, err = run_main(capsys, *BASE[2:])
+    assert code == 2 and "give one of --intermediate TASK and --intermediates" in err
+    code, err = run_main(capsys, *BASE[2:], "--intermediates", "mnli,nope")
+    assert code == 2 and "unknown task 'nope'" in err
+
+
+def test_a_grid_of_intermediates_and_targets(tmp_path, tiny_bert_dir):
+    """--intermediates: one stage A each, every target from each and from the plain model, paired
+    by seed; summary.json has an arm per intermediate with its gain; the transfer matrix."""
+    out = tmp_path / "grid"
+    stilts_run.main(["--intermediates", "mnli,qnli", "--targets", "stsb", "--seeds", "1,2", "--compare",
+                     "--bert_model", tiny_bert_dir, "--glue_dir", FIXTURES, "--output_dir", str(out), "--no_test",
+                     *TRAIN_FLAGS, "--learning_rate", "1e-3"])
+    summary = read_json(out / "summary.json")
+    assert summary["intermediates"] == ["mnli", "qnli"] and "intermediate" not in summary
+    entry = summary["targets"]["stsb"]
+    assert set(entry) == {"majority_baseline", "stilts:mnli", "stilts:qnli", "baseline"}
+    for intermediate in ("mnli", "qnli"):
+        arm = entry[f"stilts:{intermediate}"]
+        assert [r["dir"] for r in arm["runs"]] == [f"stsb/stilts_{intermediate}/seed_{s}" for s in (1, 2)]
+        args = read_json(out / "stsb" / f"stilts_{intermediate}" / "seed_1" / "args.json")
+        assert args["bert_load_path"] == str(out / f"intermediate_{intermediate}" / "all_state.p")
+        differences = [a["value"] - b["value"] for a, b in zip(arm["runs"], entry["baseline"]["runs"])]
+        assert arm["gain"]["mean"] == pytest.approx(np.mean(differences)) and arm["gain"]["paired_runs"] == 2
+    assert "gain" not in entry["baseline"]
+    # The two stage A runs learned different encoders, so the arms score differently.
+    values = {key: [r["value"] for r in entry[key]["runs"]] for key in ("stilts:mnli", "stilts:qnli", "baseline")}
+    assert len({tuple(v) for v in values.values()}) == 3, values
+    matrix = (out / "transfer_matrix.md").read_text()
+    for intermediate in ("mnli", "qnli"):
+        gain = entry[f"stilts:{intermediate}"]["gain"]
+        assert f"| {intermediate} | {study_summary.format_gain(gain)} (" in matrix
+    assert "| stsb (corr) |" in matrix
 
 
 def test_missing_data_is_reported_before_training(capsys, tmp_path):
@@ -216,7 +264,7 @@ def test_degenerate_and_best_rules(tmp_path):
         folder.mkdir()
         (folder / "val_metrics.json").write_text(json.dumps({"loss": 1.0, "metrics": {"acc": value}}))
         runs.append(stilts_run.Run(f"rte seed {seed}", str(folder), [], ("val_metrics.json",), "rte", "stilts", seed))
-    s = stilts_run.variant_summary(Args, "rte", runs, baseline=0.5)
+    s = study_summary.arm_summary(Args, "rte", runs, baseline=0.5)
     assert s["degenerate"] == 3  # 0.5 (equal), 0.4, NaN
     assert s["best_dir"] == "seed_0"
     assert [r["seed"] for r in s["runs"]] == [0, 1, 2, 3, 4]
@@ -245,7 +293,7 @@ def test_summary_for_every_glue_task_with_its_real_label_strings(tmp_path):
     args = argparse.Namespace(intermediate="mnli", targets=list(GLUE_TASKS), glue_dir=FIXTURES,
                               output_dir=str(tmp_path), no_test=True,
                               tasks={name: get_task(name) for name in ["mnli", *GLUE_TASKS]})
-    baselines = stilts_run.majority_baselines(args)
+    baselines = study_summary.majority_baselines(args)
     runs = []
     for target in GLUE_TASKS:
         task = get_task(target)
@@ -257,8 +305,8 @@ def test_summary_for_every_glue_task_with_its_real_label_strings(tmp_path):
             (folder / "val_metrics.json").write_text(json.dumps({"loss": 0.5, "metrics": {task.metric: value}}))
             runs.append(stilts_run.Run(f"{target} seed {seed}", str(folder), [], ("val_metrics.json",),
                                      target, "stilts", seed))
-    summary = stilts_run.summarize(args, runs, baselines)
-    table = stilts_run.markdown(args, summary)
+    summary = study_summary.summarize(args, [stilts_run.Arm("stilts", "mnli")], runs, baselines)
+    table = study_summary.markdown(args, summary)
     for target in GLUE_TASKS:
         entry = summary["targets"][target]["stilts"]
         assert entry["degenerate"] == 2, target

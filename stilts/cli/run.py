@@ -1,15 +1,17 @@
 """`stilts-run`: a whole STILTs study in one command.
 
-Stage A fine-tunes the encoder on the intermediate task once. Every target task then trains from
-that checkpoint (STILTs) and, with --compare, from the plain model (baseline), once per seed. Each
-run is a stilts-train (glue/train.py) subprocess with its own folder, so any glue/train.py flag passes
-through and a crash in one run leaves the others intact:
+Stage A fine-tunes the encoder on each intermediate task once. Every target task then trains from
+each stage A checkpoint (a STILTs arm) and, with --compare, from the plain model (the baseline arm),
+once per seed; the same seeds in every arm, so that runs pair up. Each run is a stilts-train
+(glue/train.py) subprocess with its own folder, so any glue/train.py flag passes through and a crash
+in one run leaves the others intact:
 
-    OUT/intermediate_<task>/            stage A; its all_state.p is loaded by every STILTs run
-    OUT/<target>/stilts/seed_<s>/       target runs from the stage A encoder (state_model_only)
+    OUT/intermediate_<task>/            stage A; its all_state.p is loaded by every run of its arm
+    OUT/<target>/stilts/seed_<s>/       target runs from the stage A encoder (state_model_only);
+                                        with several intermediates, OUT/<target>/stilts_<task>/seed_<s>/
     OUT/<target>/baseline/seed_<s>/     target runs from --bert_model (--compare)
     OUT/submission_input/<target>/      test predictions of the best dev run, for the submission export
-    OUT/summary.json, summary.md, summary.png
+    OUT/summary.json, summary.md, summary.png, and with --compare transfer_matrix.md, .png
 
 Repeating the command skips finished runs, so a study that crashed resumes where it stopped.
 """
@@ -17,24 +19,21 @@ import dataclasses
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
+from typing import Optional
 
-import numpy as np
-
-from stilts import resources, run_folder
+from stilts import resources, run_folder, study_summary
 from stilts.cli import ArgumentParser, report_errors
 from stilts.cli import train as train_cli
 from stilts.errors import StiltsError
-from stilts.io import atomic_write, check_writable_folder, write_json
+from stilts.io import check_writable_folder
 from stilts.settings import flag_names
 from stilts.tasks import get_task, resolve_data_dir
 
 # Each run is stilts-train's module in this Python: the same from a clone and from an installed wheel.
 TRAIN_COMMAND = [sys.executable, "-m", "stilts.cli.train"]
-VARIANTS = ("stilts", "baseline")
 # glue/train.py flags the pipeline sets for each run; passing them through would break the layout.
 OWNED_FLAGS = set().union(*map(flag_names, ("task_name", "data_dir", "output_dir", "seed", "bert_load_mode",
                                             "bert_load_path", "do_train", "do_val", "do_test", "force_overwrite")))
@@ -50,7 +49,6 @@ EXECUTION_ONLY = {"output_dir", "bert_load_path", "force_overwrite", "not_verbos
                   "local_rank", "no_cuda", "eval_batch_size", "features_cache_dir", "no_features_cache",
                   "do_test", "do_save", "bert_save_mode", "train_save_every", "do_val_history", "torch_compile",
                   "logging_steps", "report_to"}
-DEGENERATE_TOLERANCE = 1e-9  # "at or below the baseline", robust to float rounding
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,7 +60,9 @@ def build_parser():
         prog="stilts-run", allow_abbrev=False,
         description="STILTs study: intermediate task once, then each target with restarts "
                     "(and without STILTs with --compare). Other flags go to every glue/train.py run.")
-    p.add_argument("--intermediate", required=True, help="intermediate task, e.g. mnli, or a task file (*.json)")
+    p.add_argument("--intermediate", help="intermediate task, e.g. mnli, or a task file (*.json)")
+    p.add_argument("--intermediates", help="several intermediate tasks, e.g. mnli,qnli,qqp,sst: each trains once, "
+                                           "every target from each (the transfer matrix); instead of --intermediate")
     p.add_argument("--targets", required=True,
                    help="comma-separated target tasks, e.g. rte,mrpc,stsb or rte,path/to/my_task.json")
     p.add_argument("--restarts", type=int, default=None, help="runs per target and variant (seeds 1..N)")
@@ -100,17 +100,22 @@ def parse_args(argv=None):
         raise StiltsError(f"not a stilts-run or glue/train.py flag: {' '.join(unknown)}")
     args.shared = train_cli.build_parser().parse_args(passthrough + dummy)
 
-    intermediate = get_task(args.intermediate)
+    if (args.intermediate is None) == (args.intermediates is None):
+        raise StiltsError("give one of --intermediate TASK and --intermediates TASK,TASK,...")
+    intermediates = [get_task(t.strip()) for t in (args.intermediates or args.intermediate).split(",") if t.strip()]
     targets = [get_task(t.strip()) for t in args.targets.split(",") if t.strip()]
+    if not intermediates:
+        raise StiltsError("--intermediates: give at least one task, e.g. --intermediates mnli,qnli")
     if not targets:
         raise StiltsError("--targets: give at least one task, e.g. --targets rte,mrpc")
     args.tasks = {}  # name -> Task: the study's folders, summaries and runs name tasks by name
-    for task in [intermediate] + targets:
+    for task in intermediates + targets:
         if args.tasks.get(task.name, task).spec != task.spec:
             raise StiltsError(f"two tasks are named {task.name!r} ({args.tasks[task.name].spec} and {task.spec}); "
                               f"give them different names")
         args.tasks[task.name] = task
-    args.intermediate, args.targets = intermediate.name, list(dict.fromkeys(t.name for t in targets))
+    args.intermediates = list(dict.fromkeys(t.name for t in intermediates))
+    args.targets = list(dict.fromkeys(t.name for t in targets))
     args.seeds = parse_seeds(args.seeds, args.restarts)
     if any(task.default_folder() is None for task in args.tasks.values()):  # a GLUE task
         if not args.glue_dir:
@@ -163,6 +168,26 @@ def parse_seeds(seeds, restarts):
 # The runs of a study
 
 
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """How a target is trained: from one intermediate's stage A (a STILTs arm) or from the plain model."""
+    key: str                    # in summary.json: "stilts", "stilts:<intermediate>" or "baseline"
+    intermediate: Optional[str] = None
+
+    @property
+    def folder(self):
+        return self.key.replace(":", "_")
+
+
+def study_arms(args):
+    """One STILTs arm per intermediate ("stilts" alone when there is one), and the baseline (--compare)."""
+    if len(args.intermediates) == 1:
+        arms = [Arm("stilts", args.intermediates[0])]
+    else:
+        arms = [Arm(f"stilts:{name}", name) for name in args.intermediates]
+    return arms + ([Arm("baseline")] if args.compare else [])
+
+
 @dataclasses.dataclass
 class Run:
     label: str          # for the progress lines, e.g. "rte stilts seed 2"
@@ -170,8 +195,9 @@ class Run:
     argv: list          # glue/train.py flags
     outputs: tuple      # the files a finished run has
     task: str = ""
-    variant: str = ""
+    arm: str = ""       # Arm.key
     seed: int = 0
+    after: Optional["Run"] = None  # the run that must finish first (a STILTs run: its stage A)
 
     def finished(self):
         """All outputs there, from one run that ended well (folders older than run_status.json: outputs alone)."""
@@ -199,16 +225,18 @@ def has_test(args, task_name):
 
 
 def plan(args, passthrough):
-    """Stage A, then for each target, seed and variant one run (variants side by side per seed)."""
+    """Stage A of each intermediate, then for each target, seed and arm one run (arms side by side
+    per seed)."""
     common = ["--bert_model", args.bert_model] + passthrough
-    stage_a_dir = os.path.join(args.output_dir, f"intermediate_{args.intermediate}")
-    checkpoint = os.path.join(stage_a_dir, "all_state.p")
-    stage_a = Run(f"stage A: {args.intermediate}", stage_a_dir,
-                  ["--task_name", args.tasks[args.intermediate].spec, "--data_dir", data_dir(args, args.intermediate),
-                   "--output_dir", stage_a_dir, "--seed", str(args.intermediate_seed), "--do_train", "--do_val",
-                   "--bert_load_mode", "from_pretrained"] + common + args.intermediate_extra
-                  + (STAGE_A_SAVE_ADAPTERS if args.adapters else STAGE_A_SAVE),
-                  outputs=("all_state.p",), task=args.intermediate)
+    stage_a = {}
+    for name in args.intermediates:
+        folder = os.path.join(args.output_dir, f"intermediate_{name}")
+        stage_a[name] = Run(f"stage A: {name}", folder,
+                            ["--task_name", args.tasks[name].spec, "--data_dir", data_dir(args, name),
+                             "--output_dir", folder, "--seed", str(args.intermediate_seed), "--do_train", "--do_val",
+                             "--bert_load_mode", "from_pretrained"] + common + args.intermediate_extra
+                            + (STAGE_A_SAVE_ADAPTERS if args.adapters else STAGE_A_SAVE),
+                            outputs=("all_state.p",), task=name)
     runs = []
     for target in args.targets:
         test = not args.no_test and has_test(args, target)
@@ -217,24 +245,26 @@ def plan(args, passthrough):
             outputs += ["test_preds.csv"] + (["mm_test_preds.csv"] if target == "mnli" else [])
         if args.shared.do_save:
             outputs.append("all_state.p")
-        sources = {"stilts": ["--bert_load_mode", "state_model_only", "--bert_load_path", checkpoint]
-                   + (["--bert_base_path", args.adapter_base] if args.adapters else []),
-                   "baseline": ["--bert_load_mode", "from_pretrained"]}
         for seed in args.seeds:
-            for variant in VARIANTS[:2 if args.compare else 1]:
-                folder = os.path.join(args.output_dir, target, variant, f"seed_{seed}")
-                argv = (["--task_name", args.tasks[target].spec, "--data_dir", data_dir(args, target), "--output_dir", folder,
-                         "--seed", str(seed), "--do_train", "--do_val"] + (["--do_test"] if test else [])
-                        + sources[variant] + common)
-                runs.append(Run(f"{target} {variant} seed {seed}", folder, argv, tuple(outputs),
-                                task=target, variant=variant, seed=seed))
-    return stage_a, runs
+            for arm in study_arms(args):
+                folder = os.path.join(args.output_dir, target, arm.folder, f"seed_{seed}")
+                after = stage_a.get(arm.intermediate)
+                source = (["--bert_load_mode", "state_model_only", "--bert_load_path",
+                           os.path.join(after.folder, "all_state.p")]
+                          + (["--bert_base_path", args.adapter_base] if args.adapters else [])
+                          if after else ["--bert_load_mode", "from_pretrained"])
+                argv = (["--task_name", args.tasks[target].spec, "--data_dir", data_dir(args, target),
+                         "--output_dir", folder, "--seed", str(seed), "--do_train", "--do_val"]
+                        + (["--do_test"] if test else []) + source + common)
+                runs.append(Run(f"{target} {arm.key} seed {seed}", folder, argv, tuple(outputs),
+                                task=target, arm=arm.key, seed=seed, after=after))
+    return list(stage_a.values()), runs
 
 
-def check_before_training(stage_a, runs):
+def check_before_training(args, runs):
     """Every data file, flag and finished run is checked before the first run starts."""
-    check_writable_folder(os.path.dirname(stage_a.folder), "--output_dir")
-    for run in [stage_a] + runs:
+    check_writable_folder(args.output_dir, "--output_dir")
+    for run in runs:
         settings = train_cli.build_parser().parse_args(run.argv + ["--force-overwrite"])
         if settings.bert_load_path and not os.path.isfile(settings.bert_load_path):  # stage A writes it
             settings.bert_load_mode, settings.bert_load_path = "from_pretrained", None
@@ -298,178 +328,20 @@ def format_seconds(seconds):
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-# ---------------------------------------------------------------------------------------------
-# Summary
-
-
-def majority_baselines(args):
-    """Each target's dev metric when always predicting the most frequent training label."""
-    from stilts.metrics import majority_baseline  # scikit-learn and SciPy: after parsing
-
-    out = {}
-    for target in args.targets:
-        task = args.tasks[target]
-        folder = data_dir(args, target)
-        # Label ids, as the trainer scores them: the TSVs' label strings ('0'/'1' for MRPC and QQP)
-        # are not the positive label 1 that F1 needs.
-        train_labels = task.label_ids(task.read("train", folder))
-        dev_labels = task.label_ids(task.read("dev", folder))
-        out[target] = majority_baseline(task, train_labels, dev_labels)[task.metric]
-    return out
-
-
-def run_value(args, run):
-    """The run's dev score on its task's metric, from its val_metrics.json."""
-    path = os.path.join(run.folder, "val_metrics.json")
-    metric = args.tasks[run.task].metric
-    try:
-        return float(read_json(path)["metrics"][metric])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StiltsError(f"{path}: no dev {metric} in it ({type(e).__name__}: {e})") from None
-
-
-def summarize(args, runs, baselines):
-    """The summary.json dict; run folders are given relative to the study folder."""
-    summary = {"intermediate": args.intermediate, "targets": {}}
-    for target in args.targets:
-        entry = {"majority_baseline": baselines[target]}
-        for variant in VARIANTS:
-            mine = [r for r in runs if r.task == target and r.variant == variant]
-            if mine:
-                entry[variant] = variant_summary(args, target, mine, baselines[target])
-        summary["targets"][target] = entry
-    return summary
-
-
-def variant_summary(args, target, runs, baseline):
-    values = np.array([run_value(args, r) for r in runs])
-    best = int(np.nanargmax(values)) if not np.isnan(values).all() else 0  # first of equal bests
-    # NaN (a diverged run) is never above the baseline, so it counts as degenerate.
-    degenerate = int(sum(not v > baseline + DEGENERATE_TOLERANCE for v in values))
-    return {
-        "metric": args.tasks[target].metric,
-        "runs": [{"seed": r.seed, "dir": relative(args, r.folder), "value": float(v)} for r, v in zip(runs, values)],
-        "mean": float(values.mean()),
-        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,  # sample standard deviation
-        "min": float(values.min()),
-        "max": float(values.max()),
-        "degenerate": degenerate,
-        "best_dir": relative(args, runs[best].folder),
-    }
-
-
-def relative(args, folder):
-    return os.path.relpath(folder, args.output_dir).replace(os.sep, "/")
-
-
-def export_best(args, summary, runs):
-    """Copy the test predictions of each target's best dev run (either variant) into
-    OUT/submission_input/<target>/, the layout the submission export reads."""
-    for target, entry in summary["targets"].items():
-        candidates = [run for variant in VARIANTS if variant in entry for run in entry[variant]["runs"]]
-        best = max(candidates, key=lambda run: -np.inf if np.isnan(run["value"]) else run["value"])
-        source = os.path.join(args.output_dir, best["dir"])
-        names = [n for n in ("test_preds.csv", "mm_test_preds.csv", "test_predictions.csv")
-                 if os.path.isfile(os.path.join(source, n))]
-        if not names:
-            entry["submission_from"] = None
-            continue
-        dest = os.path.join(args.output_dir, "submission_input", target)
-        os.makedirs(dest, exist_ok=True)
-        for name in names:
-            with open(os.path.join(source, name), "rb") as f_in, atomic_write(os.path.join(dest, name), "wb") as f_out:
-                shutil.copyfileobj(f_in, f_out)
-        entry["submission_from"] = best["dir"]
-
-
-def markdown(args, summary):
-    lines = [f"# STILTs study: intermediate task {summary['intermediate']}", "",
-             "Dev-set scores (x100) over restarts; a run is degenerate when it scores at or below the "
-             "majority-class baseline.", "",
-             "| target | variant | metric | mean ± std | min | max | degenerate/restarts | best run |",
-             "|---|---|---|---|---|---|---|---|"]
-    for target, entry in summary["targets"].items():
-        for variant in VARIANTS:
-            if variant in entry:
-                s = entry[variant]
-                lines.append(f"| {target} | {variant} | {s['metric']} | {100 * s['mean']:.1f} ± {100 * s['std']:.1f} "
-                             f"| {100 * s['min']:.1f} | {100 * s['max']:.1f} | {s['degenerate']}/{len(s['runs'])} "
-                             f"| {s['best_dir']} |")
-    lines.append("")
-    lines.append("Majority-class baseline (dev): " + "; ".join(
-        f"{t} {args.tasks[t].metric} {100 * e['majority_baseline']:.1f}" for t, e in summary["targets"].items()))
-    stage_a = os.path.join(args.output_dir, f"intermediate_{args.intermediate}", "val_metrics.json")
-    if os.path.isfile(stage_a):
-        metrics = read_json(stage_a)["metrics"]
-        lines.append(f"Intermediate {args.intermediate} (dev): "
-                     + ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
-    exported = [f"{t} from {e['submission_from']}" for t, e in summary["targets"].items() if e.get("submission_from")]
-    if exported:
-        lines.append("Test predictions in submission_input/: " + "; ".join(exported))
-    return "\n".join(lines) + "\n"
-
-
-def plot(summary, path):
-    """Dev score per restart, with and without STILTs, one panel per target; False without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    targets = summary["targets"]
-    fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.5), squeeze=False)
-    for ax, (target, entry) in zip(axes[0], targets.items()):
-        for offset, variant in zip((-0.08, 0.08), VARIANTS):
-            if variant in entry:
-                runs = entry[variant]["runs"]
-                ax.plot([i + offset for i in range(len(runs))], [100 * r["value"] for r in runs], "o",
-                        label=variant)
-                ax.set_xticks(range(len(runs)), [str(r["seed"]) for r in runs])
-        ax.axhline(100 * entry["majority_baseline"], color="gray", linestyle="--", label="majority class")
-        ax.set_title(target)
-        ax.set_xlabel("restart (seed)")
-        ax.set_ylabel(f"dev {entry['stilts']['metric']} (x100)")
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-    return True
-
-
-def write_summary(args, runs, baselines):
-    summary = summarize(args, runs, baselines)
-    if not args.no_test:
-        export_best(args, summary, runs)
-    write_json(os.path.join(args.output_dir, "summary.json"), summary)
-    table = markdown(args, summary)
-    with atomic_write(os.path.join(args.output_dir, "summary.md")) as f:
-        f.write(table)
-    print(table)
-    png = os.path.join(args.output_dir, "summary.png")
-    if plot(summary, png):
-        print(f"wrote {os.path.join(args.output_dir, 'summary.md')}, summary.json and summary.png")
-    else:
-        print(f"wrote {os.path.join(args.output_dir, 'summary.md')} and summary.json "
-              f"(no summary.png: matplotlib is not installed; pip install matplotlib)")
-    return summary
-
-
 @report_errors
 def main(argv=None):
     args, passthrough = parse_args(argv)
     stage_a, runs = plan(args, passthrough)
-    check_before_training(stage_a, runs)
-    baselines = majority_baselines(args)
+    check_before_training(args, stage_a + runs)
+    baselines = study_summary.majority_baselines(args)
     with run_folder.locked(args.output_dir):  # one stilts-run per study folder at a time
         started, ran = time.monotonic(), 0
-        total = 1 + len(runs)
-        for number, run in enumerate([stage_a] + runs, 1):
+        total = len(stage_a) + len(runs)
+        for number, run in enumerate(stage_a + runs, 1):  # every stage A before the runs that load it
             ran += execute(run, number, total)
         print(f"stilts-run: {ran} run(s) done, {total - ran} skipped as finished, "
               f"in {format_seconds(time.monotonic() - started)}", flush=True)
-        write_summary(args, runs, baselines)
+        study_summary.write_summary(args, study_arms(args), runs, baselines)
 
 
 if __name__ == "__main__":

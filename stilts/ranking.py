@@ -1,0 +1,169 @@
+"""Which intermediate task? Rank candidates for a target in minutes, without training on every pair
+(`stilts-rank`), and judge the rankings against a measured transfer matrix.
+
+The methods, each giving every candidate a score (higher: predicted to help more):
+  semb     SEmb (Poth et al. 2021): the cosine similarity of the two datasets' mean sentence
+           embeddings, from a sentence encoder (mean pooling over each example's tokens). No training.
+  textemb  TextEmb (Vu et al. 2020): the cosine similarity of the two datasets' average final-layer
+           token representation from the study's encoder (--bert_model). No training.
+  logme    LogME (You et al. 2021): the evidence of the target's training labels given the pooled
+           features of its training examples from the encoder after each intermediate task (stage A).
+Each dataset is represented by a seeded sample of its training examples, tokenized as for training.
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import torch
+
+from stilts import ranking_metrics
+from stilts.checkpoints import load_weights
+from stilts.errors import StiltsError
+from stilts.features import collate, load_features, load_tokenizer
+from stilts.logme import logme
+from stilts.modeling import ModelSource, build_model, unwrap
+
+METHODS = ("semb", "textemb", "logme")
+K = 3  # NDCG@3 and Regret@3, as Poth et al. report
+
+
+@dataclasses.dataclass
+class Encoder:
+    """A BERT encoder and its tokenizer, for reading features off examples."""
+    model: torch.nn.Module
+    tokenizer: object
+    do_lower_case: bool
+
+    @classmethod
+    def load(cls, bert_model, do_lower_case, task, checkpoint=None):
+        """--bert_model's pretrained encoder, or the encoder of a stage A checkpoint (its head dropped;
+        `task` only shapes the unused head)."""
+        source = ModelSource(bert_model)
+        model = build_model(source.config(), task)
+        if checkpoint is None:
+            load_weights(model, "from_pretrained", pretrained_state=source.pretrained_encoder_state())
+        else:
+            load_weights(model, "state_model_only", checkpoint)
+        return cls(model.eval(), load_tokenizer(source.vocab(), do_lower_case), do_lower_case)
+
+    @torch.inference_mode()
+    def read(self, features, batch_size=64):
+        """Per example: the pooled output, the mean of its token states, and the sum and count of its
+        token states (for a token-level average over a dataset)."""
+        bert = unwrap(self.model).bert
+        order = np.argsort(-features.lengths, kind="stable")  # little padding per batch
+        pooled = np.zeros((len(features), bert.config.hidden_size), np.float32)
+        means = np.zeros_like(pooled)
+        token_sum, tokens = np.zeros(bert.config.hidden_size, np.float64), 0
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            batch = collate(features, indices)
+            out = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       token_type_ids=batch["token_type_ids"])
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            states = out.last_hidden_state * mask
+            pooled[indices] = out.pooler_output.numpy()
+            means[indices] = (states.sum(1) / mask.sum(1)).numpy()
+            token_sum += states.sum((0, 1)).double().numpy()
+            tokens += int(mask.sum())
+        return pooled, means, token_sum / tokens
+
+
+def sample(task, folder, tokenizer, max_seq_length, max_examples, seed, cache_dir=None):
+    """Features of up to max_examples training examples of a task (seeded; all when it has fewer).
+    Multiple choice: each example's first choice pair."""
+    features = load_features(task, "train", folder, tokenizer, max_seq_length, cache_dir)
+    if features.choices > 1:
+        features = dataclasses.replace(features, input_ids=features.input_ids[::features.choices],
+                                       segment_a_lengths=features.segment_a_lengths[::features.choices], choices=1)
+    if len(features) > max_examples:
+        picked = np.random.default_rng(seed).choice(len(features), max_examples, replace=False)
+        features = features.subset(np.sort(picked))
+    return features
+
+
+def cosine(a, b):
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def embedding_scores(encoder, target, candidates, read, pooling):
+    """Cosine similarity of the target's dataset embedding with each candidate's. pooling "sentence":
+    the mean of the examples' mean-pooled embeddings (SEmb); "token": the mean over all tokens (TextEmb)."""
+    def embed(task):
+        _, means, token_mean = encoder.read(read(task, encoder.tokenizer))
+        return means.mean(0) if pooling == "sentence" else token_mean
+
+    target_embedding = embed(target)
+    return {task.name: cosine(target_embedding, embed(task)) for task in candidates}
+
+
+def logme_scores(target, candidates, checkpoints, bert_model, do_lower_case, read):
+    """LogME of the target's training labels on the pooled features of each candidate's stage A encoder."""
+    if target.is_multiple_choice:
+        raise StiltsError(f"logme: {target.name} is a multiple-choice task; LogME scores classification and "
+                          f"regression targets")
+    scores = {}
+    for task in candidates:
+        encoder = Encoder.load(bert_model, do_lower_case, target, checkpoints[task.name])
+        features = read(target, encoder.tokenizer)
+        pooled, _, _ = encoder.read(features)
+        labels = features.labels.astype(np.float64) if target.is_regression else features.labels
+        scores[task.name] = float(logme(pooled.astype(np.float64), labels, regression=target.is_regression))
+    return scores
+
+
+def rank(scores):
+    """Candidates best first (ties by name, as ranking_metrics orders them)."""
+    return sorted(scores, key=lambda name: (-scores[name], name))
+
+
+def evaluate(scores, measured):
+    """NDCG@3, Regret@1, Regret@3 and Spearman of a method's scores against the measured gains and
+    target scores ({candidate: (gain, score)}), over the candidates that were measured."""
+    names = [name for name in scores if name in measured]
+    scores = {name: scores[name] for name in names}
+    gains = {name: measured[name][0] for name in names}
+    values = {name: measured[name][1] for name in names}
+    return {"ndcg@3": ranking_metrics.ndcg_at_k(scores, gains, K),
+            "regret@1": ranking_metrics.regret_at_k(scores, values, 1),
+            "regret@3": ranking_metrics.regret_at_k(scores, values, K),
+            "spearman": ranking_metrics.spearman(scores, gains)}
+
+
+def random_ranking(measured):
+    """What a uniformly random ranking scores on average, the bar every method must clear."""
+    values = {name: score for name, (_, score) in measured.items()}
+    expected = ranking_metrics.random_expectation(values, K)
+    return {"ndcg@3": expected["ndcg_at_k"], "regret@1": expected["regret_at_1"],
+            "regret@3": expected["regret_at_k"], "spearman": expected["spearman"]}
+
+
+def measured_transfer(summary, target):
+    """{candidate: (mean gain, mean STILTs score)} of a study's summary.json for a target."""
+    entry = summary["targets"].get(target)
+    if entry is None:
+        raise StiltsError(f"the study has no target {target!r} (it has: {', '.join(summary['targets'])})")
+    if "intermediate" in summary:
+        arms = {summary["intermediate"]: entry.get("stilts")}
+    else:
+        arms = {name: entry.get(f"stilts:{name}") for name in summary["intermediates"]}
+    measured = {name: (arm["gain"]["mean"], arm["mean"]) for name, arm in arms.items() if arm and "gain" in arm}
+    if not measured:
+        raise StiltsError(f"the study has no gains for {target}: it needs a baseline arm (stilts-run --compare)")
+    return measured
+
+
+def lowercases(model, default):
+    """Whether a model folder's tokenizer lower-cases (its tokenizer_config.json), else `default`."""
+    try:
+        with open(os.path.join(model, "tokenizer_config.json"), encoding="utf-8") as f:
+            return bool(json.load(f).get("do_lower_case", default))
+    except (OSError, ValueError):
+        return default
+
+
+def default_embedding_model():
+    """The all-MiniLM-L6-v2 that `make model` fetches, else its hub id."""
+    folder = os.path.join(os.environ.get("STILTS_MODEL_DIR", os.path.join(".cache", "models")), "all-MiniLM-L6-v2")
+    return folder if os.path.isdir(folder) else "sentence-transformers/all-MiniLM-L6-v2"

@@ -1,0 +1,103 @@
+"""stilts-rank end to end on the fixtures with a tiny BERT: the rankings, their JSON, the evaluation
+against a study's measured gains, and bad command lines."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, refused_by
+from stilts import ranking_metrics
+from stilts.cli.rank import main as rank_main
+from stilts.cli.train import main as train_main
+
+CANDIDATES = ("mnli", "qnli", "sst")
+TRAIN = ["--do_lower_case", "--not-verbose", "--seed", "1", "--num_train_epochs", "1", "--train_batch_size", "8",
+         "--train_examples_number", "16", "--learning_rate", "1e-3", "--no_features_cache"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_bert_dir):
+    """A study folder as stilts-run leaves it: a stage A per candidate, and a summary whose gains
+    for rte are set by hand (sst > mnli > qnli)."""
+    out = tmp_path_factory.mktemp("study")
+    for name in CANDIDATES:
+        train_main(["--task_name", name, "--data_dir",
+                    os.path.join(FIXTURES, {"mnli": "MNLI", "qnli": "QNLI", "sst": "SST-2"}[name]),
+                    "--bert_model", tiny_bert_dir, "--do_train", "--do_save", "--bert_save_mode", "model_all",
+                    "--output_dir", str(out / f"intermediate_{name}"), *TRAIN])
+    gains = {"mnli": 0.02, "qnli": -0.01, "sst": 0.05}
+    summary = {"intermediates": list(CANDIDATES), "targets": {"rte": {
+        "majority_baseline": 0.575, "baseline": {"mean": 0.6, "runs": []},
+        **{f"stilts:{name}": {"mean": 0.6 + gain, "runs": [], "gain": {"mean": gain}} for name, gain in gains.items()}}}}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return out, gains
+
+
+def rank(*argv):
+    rank_main([str(a) for a in argv])
+
+
+def test_rankings_and_their_evaluation(study, tiny_bert_dir, tmp_path, capsys):
+    out, gains = study
+    result_path = tmp_path / "r.json"
+    rank("--target", "rte", "--candidates", ",".join(CANDIDATES), "--study", out, "--glue_dir", FIXTURES,
+         "--embedding_model", tiny_bert_dir, "--max_examples", "30", "--json", result_path)
+    printed = capsys.readouterr().out
+    result = json.loads(result_path.read_text())
+    assert result["target"] == "rte" and set(result["methods"]) == {"semb", "textemb", "logme"}
+    values = {name: 0.6 + gain for name, gain in gains.items()}
+    for method, entry in result["methods"].items():
+        scores = entry["scores"]
+        assert set(scores) == set(CANDIDATES) and all(np.isfinite(list(scores.values())))
+        assert entry["ranking"] == sorted(scores, key=lambda name: -scores[name])
+        assert entry["seconds"] > 0 and f"{method} (" in printed
+        assert result["evaluation"][method] == {
+            "ndcg@3": pytest.approx(ranking_metrics.ndcg_at_k(scores, gains, 3)),
+            "regret@1": pytest.approx(ranking_metrics.regret_at_k(scores, values, 1)),
+            "regret@3": pytest.approx(ranking_metrics.regret_at_k(scores, values, 3)),
+            "spearman": pytest.approx(ranking_metrics.spearman(scores, gains))}
+    assert result["evaluation"]["random"]["spearman"] == pytest.approx(0.0)
+    assert result["measured"]["sst"] == {"gain": 0.05, "score": pytest.approx(0.65)}
+    # Regret@3 of three candidates: the best is always among the top 3.
+    assert all(result["evaluation"][m]["regret@3"] == 0 for m in ("semb", "textemb", "logme"))
+    assert "| logme |" in printed and "| random |" in printed
+
+
+def test_a_dataset_is_most_similar_to_itself(tmp_path, tiny_bert_dir, capsys):
+    """SEmb and TextEmb of RTE against a copy of RTE and two other tasks: the copy scores 1."""
+    copy = tmp_path / "RTE-copy"
+    shutil.copytree(os.path.join(FIXTURES, "RTE"), copy)
+    task_file = tmp_path / "rte_copy.json"
+    task_file.write_text(json.dumps({"name": "rte_copy", "files": {"train": "RTE-copy/train.tsv"},
+                                     "text_a": "sentence1", "text_b": "sentence2", "label": "label"}))
+    rank("--target", "rte", "--candidates", f"mnli,sst,{task_file}", "--glue_dir", FIXTURES, "--bert_model",
+         tiny_bert_dir, "--embedding_model", tiny_bert_dir, "--json", tmp_path / "r.json")
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert "evaluation" not in result and set(result["methods"]) == {"semb", "textemb"}
+    for entry in result["methods"].values():
+        assert entry["ranking"][0] == "rte_copy" and entry["scores"]["rte_copy"] == pytest.approx(1.0, abs=1e-6)
+        assert all(entry["scores"][name] < 1 - 1e-4 for name in ("mnli", "sst"))
+
+
+def test_logme_from_checkpoints(study, tiny_bert_dir, tmp_path):
+    out, _ = study
+    checkpoints = ",".join(f"{name}={out / f'intermediate_{name}' / 'all_state.p'}" for name in ("mnli", "qnli"))
+    rank("--target", "stsb", "--candidates", "mnli,qnli", "--method", "logme", "--checkpoints", checkpoints,
+         "--bert_model", tiny_bert_dir, "--glue_dir", FIXTURES, "--do_lower_case", "--json", tmp_path / "r.json")
+    scores = json.loads((tmp_path / "r.json").read_text())["methods"]["logme"]["scores"]
+    assert set(scores) == {"mnli", "qnli"} and scores["mnli"] != scores["qnli"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--candidates", "mnli"], "--candidates: give at least two tasks"),
+    (["--candidates", "mnli,qnli", "--method", "taskemb"], "--method 'taskemb': not one of semb, textemb, logme"),
+    (["--candidates", "mnli,qnli", "--method", "logme"], "--method logme needs stage A checkpoints"),
+    (["--candidates", "mnli,qnli", "--method", "textemb"], "--bert_model: TextEmb and LogME need the study's encoder"),
+    (["--candidates", "mnli,qnli", "--method", "logme", "--checkpoints", "mnli=/nope.p,qnli=/nope.p",
+      "--bert_model", "x"], "/nope.p: stage A checkpoint of mnli not found"),
+    (["--candidates", "mnli,qnli", "--study", "/nope"], "/nope/summary.json: cannot read the study's summary"),
+])
+def test_bad_command_lines(capsys, argv, message):
+    assert message in refused_by(capsys, rank_main, ["--target", "rte", "--glue_dir", FIXTURES, *argv])
