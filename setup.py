@@ -37,6 +37,8 @@ setup(
         "bench": ["accelerate"],  # transformers' Trainer, used as the benchmark's reference
         "tensorboard": ["tensorboard"],  # --report_to tensorboard
         "datasets": ["datasets"],  # task files that read Hugging Face datasets, and parquet files (pyarrow)
+        "submitit": ["submitit"],  # stilts-run --launcher submitit (SLURM)
+        "ray": ["ray"],  # stilts-run --launcher ray
     },
     entry_points={
         "console_scripts": [

@@ -26,13 +26,14 @@ from stilts.io import cannot_write, write_json
 
 LOCK_NAME = ".stilts.lock"
 STATUS_NAME = "run_status.json"
+LOG_NAME = "stilts-run.log"  # what stilts-run's launchers keep of a run's output, before the run starts
 
 
 def user_files(folder):
-    """What `folder` holds besides its lock file (an empty list for a missing folder)."""
+    """What `folder` holds besides its lock file and stilts-run's log (an empty list for a missing folder)."""
     if not os.path.isdir(folder):
         return []
-    return [name for name in os.listdir(folder) if name != LOCK_NAME]
+    return [name for name in os.listdir(folder) if name not in (LOCK_NAME, LOG_NAME)]
 
 
 def check_empty(folder, flag="--output_dir"):

@@ -103,6 +103,8 @@ def export_best(args, summary):
     OUT/submission_input/<target>/, the layout the submission export reads."""
     for target, entry in summary["targets"].items():
         candidates = [run for _, arm in arm_entries(entry) for run in arm["runs"]]
+        if not candidates:
+            continue
         best = max(candidates, key=lambda run: -np.inf if np.isnan(run["value"]) else run["value"])
         source = os.path.join(args.output_dir, best["dir"])
         names = [n for n in ("test_preds.csv", "mm_test_preds.csv", "test_predictions.csv")
@@ -155,13 +157,16 @@ def markdown(args, summary):
     exported = [f"{t} from {e['submission_from']}" for t, e in summary["targets"].items() if e.get("submission_from")]
     if exported:
         lines.append("Test predictions in submission_input/: " + "; ".join(exported))
+    if summary.get("missing"):
+        lines.append(f"Missing (failed, or their stage A failed): {', '.join(summary['missing'])}")
     return "\n".join(lines) + "\n"
 
 
 def transfer_matrix(summary):
-    """Rows (intermediates) x columns (targets) of each STILTs arm's gain, and the degenerate runs."""
+    """Rows (intermediates) x columns (targets with a baseline) of each STILTs arm's gain, and the
+    degenerate runs."""
     intermediates = [summary["intermediate"]] if "intermediate" in summary else summary["intermediates"]
-    targets = list(summary["targets"])
+    targets = [target for target, entry in summary["targets"].items() if "baseline" in entry]
     cells = {}
     for target, entry in summary["targets"].items():
         for intermediate in intermediates:
@@ -174,7 +179,7 @@ def transfer_matrix(summary):
 
 def transfer_matrix_markdown(summary):
     intermediates, targets, cells = transfer_matrix(summary)
-    metric = {t: e["baseline"]["metric"] for t, e in summary["targets"].items()}
+    metric = {t: summary["targets"][t]["baseline"]["metric"] for t in targets}
     lines = ["# Transfer matrix: what each intermediate task adds to each target", "",
              "Each cell: the mean gain of STILTs over the baseline on the target's dev metric (x100), over runs "
              "paired by seed, with its 95% interval (t interval from 5 pairs on, else a percentile bootstrap); "
@@ -219,7 +224,9 @@ def plot(summary, path):
     plt = _pyplot()
     if plt is None:
         return False
-    targets = summary["targets"]
+    targets = {target: entry for target, entry in summary["targets"].items() if arm_entries(entry)}
+    if not targets:
+        return True  # nothing to draw
     fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.5), squeeze=False)
     for ax, (target, entry) in zip(axes[0], targets.items()):
         arms = arm_entries(entry)
@@ -266,8 +273,11 @@ def plot_transfer_matrix(summary, path):
     return True
 
 
-def write_summary(args, arms, runs, baselines):
+def write_summary(args, arms, runs, baselines, missing=()):
+    """The summary files, from the finished `runs`; `missing`: the folders of runs that failed."""
     summary = summarize(args, arms, runs, baselines)
+    if missing:
+        summary["missing"] = list(missing)
     if not args.no_test:
         export_best(args, summary)
     out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
@@ -277,7 +287,7 @@ def write_summary(args, arms, runs, baselines):
         f.write(table)
     print(table)
     written = ["summary.md", "summary.json"]
-    if any("baseline" in entry for entry in summary["targets"].values()):
+    if transfer_matrix(summary)[2]:
         matrix = transfer_matrix_markdown(summary)
         with atomic_write(out("transfer_matrix.md")) as f:
             f.write(matrix)

@@ -19,12 +19,11 @@ import dataclasses
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from typing import Optional
 
-from stilts import resources, run_folder, study_summary
+from stilts import resources, run_folder
 from stilts.cli import ArgumentParser, report_errors
 from stilts.cli import train as train_cli
 from stilts.errors import StiltsError
@@ -32,8 +31,6 @@ from stilts.io import check_writable_folder
 from stilts.settings import flag_names
 from stilts.tasks import get_task, resolve_data_dir
 
-# Each run is stilts-train's module in this Python: the same from a clone and from an installed wheel.
-TRAIN_COMMAND = [sys.executable, "-m", "stilts.cli.train"]
 # glue/train.py flags the pipeline sets for each run; passing them through would break the layout.
 OWNED_FLAGS = set().union(*map(flag_names, ("task_name", "data_dir", "output_dir", "seed", "bert_load_mode",
                                             "bert_load_path", "do_train", "do_val", "do_test", "force_overwrite")))
@@ -78,6 +75,24 @@ def build_parser():
                    help="extra glue/train.py flags for stage A only, after the shared ones, e.g. "
                         "\"--num_train_epochs 1\" (a single flag: --intermediate_args=--bf16)")
     p.add_argument("--no_test", action="store_true", help="do not predict the test sets (no submission input)")
+    launch = p.add_argument_group("where the runs run (docs/pipeline.md#many-gpus-and-clusters)")
+    launch.add_argument("--launcher", choices=("local", "submitit", "ray"), default="local",
+                        help="local: --jobs runs at a time here; submitit: SLURM job arrays (or submitit's local "
+                             "executor); ray: Ray tasks")
+    launch.add_argument("--jobs", type=int, default=1, help="local: runs at a time (CPU: the cores are divided)")
+    launch.add_argument("--gpus_per_run", type=int, default=0,
+                        help="GPUs per run (more than 1: torchrun inside the run); local default: 1 on a GPU machine")
+    launch.add_argument("--cpus_per_run", type=int, default=None,
+                        help="submitit and ray: CPU cores per run (default: 1 per GPU, else 1)")
+    launch.add_argument("--max_retries", type=int, default=1, help="tries after a run's first failure")
+    launch.add_argument("--submitit_cluster", choices=("auto", "slurm", "local", "debug"), default="auto",
+                        help="submitit's executor (auto: SLURM where sbatch exists, else local processes)")
+    launch.add_argument("--slurm_partition", default=None)
+    launch.add_argument("--slurm_time", type=int, default=60 * 24, help="minutes a run's job may take")
+    launch.add_argument("--slurm_array_parallelism", type=int, default=None, help="jobs of an array at once")
+    launch.add_argument("--slurm_extra", default="",
+                        help="more sbatch options, KEY=VALUE,KEY=VALUE (e.g. account=abc,qos=high)")
+    launch.add_argument("--ray_address", default=None, help="a running Ray cluster (default: start one here)")
     p.add_argument("--adapters", action="store_true",
                    help="train adapters instead of the whole encoder: the adapter config (configs/ for "
                         "bert-base/large-uncased, else --bert_config_json_path), a model_tunable stage A, and "
@@ -117,6 +132,7 @@ def parse_args(argv=None):
     args.intermediates = list(dict.fromkeys(t.name for t in intermediates))
     args.targets = list(dict.fromkeys(t.name for t in targets))
     args.seeds = parse_seeds(args.seeds, args.restarts)
+    check_launcher(args)
     if any(task.default_folder() is None for task in args.tasks.values()):  # a GLUE task
         if not args.glue_dir:
             raise StiltsError("no GLUE data folder: pass --glue_dir or set GLUE_DIR")
@@ -146,6 +162,53 @@ def adapter_flags(args):
                           f"pass a model folder as --bert_model")
     args.adapter_base = os.path.abspath(folder)
     return [] if args.shared.bert_config_json_path else ["--bert_config_json_path", config_path]
+
+
+def check_launcher(args):
+    """The launcher's flags, and its package (submitit and ray are optional extras)."""
+    import importlib.util
+
+    for flag in ("jobs", "gpus_per_run", "cpus_per_run", "max_retries", "slurm_time", "slurm_array_parallelism"):
+        value = getattr(args, flag)
+        least = 0 if flag in ("gpus_per_run", "max_retries") else 1
+        if value is not None and value < least:
+            raise StiltsError(f"--{flag} {value}: must be at least {least}")
+    if args.jobs > 1 and args.launcher != "local":
+        raise StiltsError(f"--jobs is for --launcher local; {args.launcher} spreads the runs itself")
+    if args.launcher != "local" and importlib.util.find_spec(args.launcher) is None:
+        raise StiltsError(f"--launcher {args.launcher} needs the {args.launcher} package: "
+                          f"pip install 'stilts[{args.launcher}]'")
+    try:
+        args.slurm_extra = dict(item.split("=", 1) for item in args.slurm_extra.split(",") if item.strip())
+    except ValueError:
+        raise StiltsError(f"--slurm_extra {args.slurm_extra!r}: expected KEY=VALUE,KEY=VALUE") from None
+
+
+def launch(args, stage_a, runs):
+    """Carry out every run with the chosen engine; {run folder: launchers.Outcome}."""
+    from stilts import launchers
+
+    save_mode = args.shared.bert_save_mode
+    attempts = launchers.Attempts(max_retries=args.max_retries, processes=max(1, args.gpus_per_run),
+                                  resumable=bool(args.shared.train_save_every) and save_mode in ("all", "tunable"))
+    report = lambda line: print(line, flush=True)  # noqa: E731
+    if args.launcher == "local":
+        gpus = args.gpus_per_run or (1 if launchers.visible_gpus() else 0)
+        attempts.echo = args.jobs == 1
+        attempts.processes = max(1, gpus)
+        return launchers.launch_local(stage_a, runs, attempts, args.jobs, gpus, report)
+    cpus = args.cpus_per_run or max(1, args.gpus_per_run)
+    if args.launcher == "ray":
+        return launchers.launch_ray(stage_a, runs, attempts, args.ray_address, cpus, args.gpus_per_run, report)
+    parameters = {"timeout_min": args.slurm_time, "cpus_per_task": cpus, "gpus_per_node": args.gpus_per_run,
+                  "slurm_additional_parameters": args.slurm_extra}
+    if args.slurm_partition:
+        parameters["slurm_partition"] = args.slurm_partition
+    if args.slurm_array_parallelism:
+        parameters["slurm_array_parallelism"] = args.slurm_array_parallelism
+    cluster = None if args.submitit_cluster == "auto" else args.submitit_cluster
+    return launchers.launch_submitit(stage_a, runs, attempts, os.path.join(args.output_dir, "submitit"), cluster,
+                                     parameters, report)
 
 
 def parse_seeds(seeds, restarts):
@@ -280,6 +343,9 @@ def check_same_settings(run):
         return
     recorded = read_json(path)
     wanted = vars(train_cli.build_parser().parse_args(run.argv))
+    if recorded.get("bert_load_mode") == "state_all" and os.path.dirname(str(recorded.get("bert_load_path"))) == \
+            run.folder:  # resumed from its own periodic checkpoint: the planned training, continued
+        recorded["bert_load_mode"] = wanted["bert_load_mode"]
     differ = [k for k, v in wanted.items()
               if k not in EXECUTION_ONLY and k in recorded and _same(v) != _same(recorded[k])]
     if differ:
@@ -299,49 +365,32 @@ def _same(value):
     return os.path.realpath(value) if isinstance(value, str) and os.path.exists(value) else value
 
 
-def execute(run, number, total):
-    """Run one stilts-train subprocess unless it already finished; True if it ran."""
-    prefix = f"stilts-run [{number}/{total}] {run.label}"
-    if run.finished():
-        print(f"{prefix}: skip (finished): {run.folder}", flush=True)
-        return False
-    argv = list(run.argv)
-    if run_folder.user_files(run.folder):  # left half-done by a crash or a failure: redo it
-        print(f"{prefix}: redoing the unfinished run in {run.folder}", flush=True)
-        argv.append("--force-overwrite")
-    command = TRAIN_COMMAND + argv
-    print(f"{prefix}: {shlex.join(command)}", flush=True)
-    started = time.monotonic()
-    returncode = subprocess.run(command).returncode
-    if returncode != 0:
-        raise StiltsError(f"{run.label} failed (exit status {returncode}; see above). Repeat the same command "
-                          f"to resume: finished runs are kept")
-    if not run.finished():
-        raise StiltsError(f"{run.label}: stilts-train ended without writing {', '.join(run.outputs)} "
-                          f"in {run.folder}")
-    print(f"{prefix}: done in {format_seconds(time.monotonic() - started)}", flush=True)
-    return True
-
-
-def format_seconds(seconds):
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
 @report_errors
 def main(argv=None):
     args, passthrough = parse_args(argv)
+    from stilts import study_summary  # SciPy: only once the flags are good
+
     stage_a, runs = plan(args, passthrough)
     check_before_training(args, stage_a + runs)
     baselines = study_summary.majority_baselines(args)
     with run_folder.locked(args.output_dir):  # one stilts-run per study folder at a time
-        started, ran = time.monotonic(), 0
-        total = len(stage_a) + len(runs)
-        for number, run in enumerate(stage_a + runs, 1):  # every stage A before the runs that load it
-            ran += execute(run, number, total)
-        print(f"stilts-run: {ran} run(s) done, {total - ran} skipped as finished, "
-              f"in {format_seconds(time.monotonic() - started)}", flush=True)
-        study_summary.write_summary(args, study_arms(args), runs, baselines)
+        from stilts.launchers import format_seconds, log_path
+
+        started = time.monotonic()
+        outcomes = launch(args, stage_a, runs)
+        count = lambda *statuses: sum(o.status in statuses for o in outcomes.values())  # noqa: E731
+        failed = [run for run in stage_a + runs if not outcomes[run.folder].ok]
+        print(f"stilts-run: {count('finished')} run(s) done, {count('skipped')} skipped as finished, "
+              f"{len(failed)} failed or not started, in {format_seconds(time.monotonic() - started)}", flush=True)
+        study_summary.write_summary(args, study_arms(args), [r for r in runs if outcomes[r.folder].ok], baselines,
+                                    missing=[study_summary.relative(args, r.folder) for r in failed])
+    if failed:
+        for run in failed:
+            outcome = outcomes[run.folder]
+            why = outcome.error or "its stage A failed"
+            print(f"stilts-run: {run.label} {outcome.status}: {why} (log: {log_path(run)})", file=sys.stderr)
+        print("stilts-run: repeat the same command to retry them: finished runs are kept", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,359 @@
+"""Carrying out a study's runs: where they run, in what order, and what happens when one fails.
+
+Each run is one stilts-train process, and `attempt` carries it to its end the same way whichever
+engine started it: skip it when it finished before, resume it from its newest periodic checkpoint
+(`--train_save_every`, with a save mode that keeps the training state) or redo its unfinished
+folder, and try again up to `max_retries` times. Its output goes to `<run folder>/stilts-run.log`.
+
+The engines spread the runs; none of them is written here:
+  local     a pool of `--jobs` threads, each waiting on its run's process (concurrent.futures), one
+            GPU (or `--gpus_per_run`, then torchrun) per run, or the CPU cores divided between runs;
+  submitit  a SLURM job array per stage (stage A, then the target runs), requeued on pre-emption
+            and time-outs (submitit's checkpoint protocol), or submitit's local executor;
+  ray       a Ray task per run, needing its stage A's task (Ray resolves the dependency).
+A target run starts only after its intermediate's stage A finished; a run whose stage A failed
+is not started, and is reported with the failed ones.
+"""
+import concurrent.futures
+import ctypes
+import dataclasses
+import glob
+import os
+import queue
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+from stilts import run_folder
+
+LOG_NAME = run_folder.LOG_NAME
+TRAIN_MODULE = ["-m", "stilts.cli.train"]
+PERIODIC = re.compile(r"all_state___epoch(\d+)___batch(\d+)\.p$")
+
+
+@dataclasses.dataclass
+class Attempts:
+    """How every run is tried: the same on every engine (pickled to submitit and Ray workers)."""
+    max_retries: int = 0
+    resumable: bool = False     # periodic checkpoints hold the training state: resume from the newest
+    processes: int = 1          # > 1: torchrun with this many processes (--gpus_per_run)
+    echo: bool = False          # also show the run's output here (one run at a time)
+
+
+@dataclasses.dataclass
+class Outcome:
+    status: str                 # "finished" (ran now), "skipped" (finished before), "failed", "not started"
+    seconds: float = 0.0
+    tries: int = 0
+    error: str = ""
+
+    @property
+    def ok(self):
+        return self.status in ("finished", "skipped")
+
+
+def log_path(run):
+    return os.path.join(run.folder, LOG_NAME)
+
+
+def newest_checkpoint(folder):
+    """The latest all_state___epochE___batchB.p a run left, or None."""
+    found = [(tuple(map(int, PERIODIC.search(p).groups())), p)
+             for p in glob.glob(os.path.join(glob.escape(folder), "all_state___epoch*___batch*.p")) if PERIODIC.search(p)]
+    return max(found)[1] if found else None
+
+
+def command_for(run, attempts):
+    """The stilts-train command that continues `run` from where its folder stands."""
+    argv = list(run.argv)
+    checkpoint = newest_checkpoint(run.folder) if attempts.resumable else None
+    if checkpoint:  # the same training, continued: weights, optimizer, schedule, data position
+        argv = _without(argv, "--bert_load_mode", "--bert_load_path") + [
+            "--bert_load_mode", "state_all", "--bert_load_path", checkpoint]
+    if run_folder.user_files(run.folder):
+        argv.append("--force-overwrite")
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                 str(attempts.processes)] if attempts.processes > 1 else [sys.executable])
+    return launcher + TRAIN_MODULE + argv
+
+
+def _without(argv, *flags):
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in flags:
+            skip = True
+        else:
+            out.append(item)
+    return out
+
+
+def attempt(run, attempts, env=None):
+    """Carry `run` to its end (see the module docstring); never raises for a failing run."""
+    if run.finished():
+        return Outcome("skipped")
+    started, error = time.monotonic(), ""
+    for number in range(1, attempts.max_retries + 2):
+        command = command_for(run, attempts)
+        os.makedirs(run.folder, exist_ok=True)
+        with open(log_path(run), "a", encoding="utf-8") as log:
+            log.write(f"# stilts-run, try {number}: {shlex.join(command)}\n")
+            log.flush()
+            code = _run(command, log, env, attempts.echo)
+        if code == 0 and run.finished():
+            return Outcome("finished", time.monotonic() - started, number)
+        error = _last_error(run) or (f"exit status {code}" if code else "ended without writing its outputs")
+    return Outcome("failed", time.monotonic() - started, attempts.max_retries + 1, error)
+
+
+def _run(command, log, env, echo):
+    """The process's exit status; its output to the log (and here, with echo). It dies with us."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT, env=env,
+                               preexec_fn=_die_with_parent, text=echo)
+    if echo:
+        for line in process.stdout:
+            log.write(line)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    try:
+        return process.wait()
+    except BaseException:  # interrupted: the run must not outlive the study that started it
+        process.kill()
+        process.wait()
+        raise
+
+
+def _parent_death_signal():
+    """Linux's prctl, looked up here: the forked child only calls it (no imports, no locks)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _parent_death_signal()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """The run gets SIGKILL when the thread that started it ends, even if the launcher is killed:
+    a run left behind would hold its folder's lock against the repeated study."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _last_error(run):
+    """The error line a failed stilts-train printed (its last line naming an error), for the report."""
+    try:
+        with open(log_path(run), encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f if "error:" in line or "Error" in line]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+class Progress:
+    """One line per change: runs done / running / failed, and the time left at the pace so far."""
+
+    def __init__(self, total, report=print):
+        self.total, self.report = total, report
+        self.done = self.failed = self.running = 0
+        self.started, self.ran = time.monotonic(), 0
+
+    def start(self, run):
+        self.running += 1
+
+    def end(self, run, outcome):
+        if outcome.status in ("finished", "failed"):
+            self.running = max(0, self.running - 1)
+        if outcome.ok:
+            self.done += 1
+        else:
+            self.failed += 1
+        if outcome.status == "finished":
+            self.ran += 1
+        what = {"finished": f"done in {format_seconds(outcome.seconds)}", "skipped": "skip (finished)",
+                "failed": f"FAILED after {outcome.tries} tries ({outcome.error}); log: {log_path(run)}",
+                "not started": "not started: its stage A failed"}[outcome.status]
+        left = self.total - self.done - self.failed
+        estimate = ""
+        if self.ran and left:  # at the pace of the runs that ran so far, whatever ran in parallel
+            estimate = f", about {format_seconds((time.monotonic() - self.started) / self.ran * left)} left"
+        self.report(f"stilts-run: {run.label}: {what} [{self.done}/{self.total} done, {self.running} running, "
+                    f"{self.failed} failed{estimate}]")
+
+
+def format_seconds(seconds):
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def not_started(run, outcomes):
+    """Whether a run must not start: its stage A did not end well."""
+    return run.after is not None and not outcomes[run.after.folder].ok
+
+
+# ---------------------------------------------------------------------------------------------
+# The engines: each returns {run folder: Outcome}
+
+
+def launch_local(stage_a, runs, attempts, jobs=1, gpus_per_run=0, report=print):
+    """A pool of `jobs` threads; each target run is submitted once its stage A finished."""
+    devices = visible_gpus()
+    if gpus_per_run and len(devices) < gpus_per_run * jobs:
+        jobs = max(1, len(devices) // gpus_per_run)
+        report(f"stilts-run: {len(devices)} GPU(s) here: {jobs} run(s) at a time with --gpus_per_run {gpus_per_run}")
+    groups = queue.Queue()
+    for g in range(jobs if gpus_per_run else 0):
+        groups.put(",".join(devices[g * gpus_per_run:(g + 1) * gpus_per_run]))
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    progress = Progress(len(stage_a) + len(runs), report)
+    outcomes = {}
+
+    def one(run):
+        env = dict(os.environ)
+        group = groups.get() if gpus_per_run else None
+        if group is not None:
+            env["CUDA_VISIBLE_DEVICES"] = group
+        elif not gpus_per_run:
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        try:
+            return attempt(run, attempts, env)
+        finally:
+            if group is not None:
+                groups.put(group)
+
+    waiting = {run.folder: [r for r in runs if r.after is run] for run in stage_a}
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        def submit(run):
+            if not run.finished():
+                progress.start(run)
+                what = f"redoing the unfinished run in {run.folder}" if run_folder.user_files(run.folder) else "start"
+                report(f"stilts-run: {run.label}: {what}: {shlex.join(command_for(run, attempts))}")
+            return pool.submit(one, run)
+
+        pending = {submit(run): run for run in stage_a + [r for r in runs if r.after is None]}
+        while pending:
+            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                run = pending.pop(future)
+                outcomes[run.folder] = future.result()
+                progress.end(run, outcomes[run.folder])
+                for dependent in waiting.get(run.folder, []):
+                    if not_started(dependent, outcomes):
+                        outcomes[dependent.folder] = Outcome("not started")
+                        progress.end(dependent, outcomes[dependent.folder])
+                    else:
+                        pending[submit(dependent)] = dependent
+    return outcomes
+
+
+def visible_gpus():
+    """The GPU ids this process may use ($CUDA_VISIBLE_DEVICES, else every GPU torch sees)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return listed.split(",") if listed else [str(i) for i in range(torch.cuda.device_count())]
+
+
+class SubmititRun:
+    """A run as a submitit job. On pre-emption or time-out submitit calls `checkpoint`, and the
+    requeued job's attempt resumes the run from its newest periodic checkpoint."""
+
+    def __init__(self, attempts):
+        self.attempts = attempts
+
+    def __call__(self, run):
+        return attempt(run, self.attempts)
+
+    def checkpoint(self, run):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, run)
+
+
+def launch_submitit(stage_a, runs, attempts, folder, cluster=None, parameters=None, report=print):
+    """Stage A as one job array, then the target runs as another; waits for both."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    executor.update_parameters(**(parameters or {}))
+    progress = Progress(len(stage_a) + len(runs), report)
+    outcomes = {}
+    for wave in (stage_a, runs):
+        todo = []
+        for run in wave:
+            if not_started(run, outcomes):
+                outcomes[run.folder] = Outcome("not started")
+                progress.end(run, outcomes[run.folder])
+            elif run.finished():
+                outcomes[run.folder] = Outcome("skipped")
+                progress.end(run, outcomes[run.folder])
+            else:
+                todo.append(run)
+        if not todo:
+            continue
+        with executor.batch():
+            jobs = [executor.submit(SubmititRun(attempts), run) for run in todo]
+        by_job = {job.job_id: run for job, run in zip(jobs, todo)}
+        for run in todo:
+            progress.start(run)
+        for job in submitit.helpers.as_completed(jobs):
+            run = by_job[job.job_id]
+            try:
+                outcomes[run.folder] = job.result()
+            except Exception as e:  # the job itself died (cancelled, out of memory, node failure)
+                outcomes[run.folder] = Outcome("failed", tries=1, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            progress.end(run, outcomes[run.folder])
+    return outcomes
+
+
+def _ray_run(run, attempts, stage_a_outcome):
+    """A run as a Ray task; Ray starts it once its stage A's task returned that task's outcome."""
+    if stage_a_outcome is not None and not stage_a_outcome.ok:
+        return Outcome("not started")
+    return attempt(run, attempts)
+
+
+def launch_ray(stage_a, runs, attempts, address=None, cpus_per_run=1, gpus_per_run=0, report=print):
+    """Every run a Ray task (on the cluster at `address`, else a Ray started here for the study)."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+    try:
+        task = ray.remote(_ray_run).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+        refs = {run.folder: task.remote(run, attempts, None) for run in stage_a}
+        for run in runs:
+            refs[run.folder] = task.remote(run, attempts, refs[run.after.folder] if run.after else None)
+        by_ref = {refs[run.folder]: run for run in stage_a + runs}
+        progress = Progress(len(by_ref), report)
+        progress.running = len(by_ref)  # queued or running: Ray does not say which
+        outcomes, pending = {}, list(by_ref)
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1)
+            run = by_ref[finished[0]]
+            try:
+                outcomes[run.folder] = ray.get(finished[0])
+            except Exception as e:  # the worker died
+                outcomes[run.folder] = Outcome("failed", tries=1, error=f"{type(e).__name__}")
+            if outcomes[run.folder].status in ("skipped", "not started"):
+                progress.running -= 1
+            progress.end(run, outcomes[run.folder])
+        return outcomes
+    finally:
+        if started_here:
+            ray.shutdown()

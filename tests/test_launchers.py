@@ -1,0 +1,156 @@
+"""stilts-run's launchers on a tiny BERT: --jobs 2, submitit's local executor and a local Ray give the
+summary of --jobs 1; a failing run is retried, then reported; a killed launcher, started again,
+finishes without doing a run twice."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import FIXTURES, REPO
+from stilts import launchers
+
+TRAIN_FLAGS = ["--do_lower_case", "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
+               "--train_batch_size", "4", "--eval_batch_size", "64", "--max_seq_length", "64", "--no_test"]
+
+
+def study_argv(out, model, *extra, targets="rte,stsb", seeds="1,2"):
+    return ["--intermediate", "mnli", "--targets", targets, "--seeds", seeds, "--compare", "--bert_model", model,
+            "--glue_dir", FIXTURES, "--output_dir", str(out), *TRAIN_FLAGS, *extra]
+
+
+def run_study(out, model, *extra, **kwargs):
+    """The console command in a subprocess, as a user runs it."""
+    env = dict(os.environ, STILTS_CACHE_DIR=str(out) + "-cache")
+    return subprocess.run([sys.executable, "-m", "stilts.cli.run", *study_argv(out, model, *extra, **kwargs)],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def values(out):
+    """Every run's dev score by (target, arm, seed), from summary.json."""
+    summary = json.loads((out / "summary.json").read_text())
+    return {(target, arm, run["seed"]): run["value"] for target, entry in summary["targets"].items()
+            for arm, s in entry.items() if isinstance(s, dict) and "runs" in s for run in s["runs"]}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_bert_dir):
+    out = tmp_path_factory.mktemp("jobs1") / "out"
+    result = run_study(out, tiny_bert_dir, "--jobs", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [["--jobs", "2"], ["--launcher", "submitit", "--submitit_cluster", "local"],
+                                      ["--launcher", "ray", "--cpus_per_run", "1"]])
+def test_every_launcher_gives_the_summary_of_one_job(reference, tmp_path, tiny_bert_dir, launcher):
+    if launcher[-1] in ("local", "1") and launcher[1] in ("submitit", "ray"):
+        pytest.importorskip(launcher[1])
+    out = tmp_path / "out"
+    result = run_study(out, tiny_bert_dir, *launcher)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    expected = values(reference)
+    assert values(out).keys() == expected.keys() and len(expected) == 8
+    # Runs with other thread counts sum floats in another order: equal up to float noise.
+    assert values(out) == pytest.approx(expected, abs=1e-5)
+    for run in (out / "rte" / "stilts" / "seed_1", out / "intermediate_mnli"):
+        assert (run / launchers.LOG_NAME).is_file() and "stilts-run, try 1" in (run / launchers.LOG_NAME).read_text()
+    assert "9/9 done, 0 running, 0 failed" in result.stdout
+
+
+def test_a_failing_run_is_retried_then_reported(tmp_path, tiny_bert_dir):
+    """A run that cannot write its metrics fails every try; the other runs finish, the summary lists
+    it as missing, and the command ends with status 1 and one line naming it and its log."""
+    out = tmp_path / "out"
+    broken = out / "rte" / "baseline" / "seed_1"
+    (broken / "val_metrics.json").mkdir(parents=True)  # a folder where the run writes its metrics
+    result = run_study(out, tiny_bert_dir, "--max_retries", "2", targets="rte", seeds="1")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    log = (broken / launchers.LOG_NAME).read_text()
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("# stilts-run")] == \
+        ["# stilts-run, try 1", "# stilts-run, try 2", "# stilts-run, try 3"]
+    failures = [line for line in result.stderr.splitlines() if "failed:" in line]
+    assert len(failures) == 1 and "rte baseline seed 1 failed" in failures[0]
+    assert "val_metrics.json: cannot write" in failures[0] and str(broken / launchers.LOG_NAME) in failures[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["missing"] == ["rte/baseline/seed_1"]
+    assert "baseline" not in summary["targets"]["rte"] and len(summary["targets"]["rte"]["stilts"]["runs"]) == 1
+    assert "2 run(s) done, 0 skipped as finished, 1 failed" in result.stdout
+
+
+def test_a_failed_stage_a_leaves_its_runs_unstarted(tmp_path, tiny_bert_dir):
+    out = tmp_path / "out"
+    (out / "intermediate_mnli" / "all_state.p").mkdir(parents=True)  # stage A cannot save its checkpoint
+    result = run_study(out, tiny_bert_dir, "--max_retries", "0", targets="rte", seeds="1")
+    assert result.returncode == 1
+    assert "rte stilts seed 1 not started: its stage A failed" in result.stderr
+    assert json.loads((out / "summary.json").read_text())["missing"] == ["intermediate_mnli", "rte/stilts/seed_1"]
+    assert (out / "rte" / "baseline" / "seed_1" / "val_metrics.json").is_file()  # the baseline ran anyway
+
+
+@pytest.mark.slow
+def test_a_killed_launcher_finishes_when_started_again(tmp_path, tiny_bert_dir):
+    out = tmp_path / "out"
+    env = dict(os.environ, STILTS_CACHE_DIR=str(tmp_path / "cache"))
+    launcher = subprocess.Popen([sys.executable, "-m", "stilts.cli.run", *study_argv(out, tiny_bert_dir)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env)
+    finished = lambda: sorted(out.glob("*/*/seed_*/val_metrics.json"))  # noqa: E731
+    deadline = time.monotonic() + 300
+    while len(finished()) < 2 and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    done_before = {path: path.stat().st_mtime_ns for path in finished()}
+    assert 2 <= len(done_before) < 8
+    time.sleep(1)  # the killed launcher's run dies with it (its parent-death signal)
+    result = subprocess.run([sys.executable, "-m", "stilts.cli.run", *study_argv(out, tiny_bert_dir)],
+                            capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in done_before} == done_before  # none done twice
+    assert len(finished()) == 8
+    assert f"{len(done_before) + 1} skipped as finished" in result.stdout  # stage A too
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--jobs", "0"], "--jobs 0: must be at least 1"),
+    (["--launcher", "ray", "--jobs", "2"], "--jobs is for --launcher local"),
+    (["--slurm_extra", "account"], "--slurm_extra 'account': expected KEY=VALUE"),
+])
+def test_bad_launcher_flags(capsys, argv, message):
+    from conftest import refused_by
+    from stilts.cli.run import main
+
+    assert message in refused_by(capsys, main, study_argv("out", "x", *argv))
+
+
+def test_a_launcher_without_its_package_is_one_line(capsys, monkeypatch):
+    import importlib.util
+
+    from conftest import refused_by
+    from stilts.cli.run import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "submitit" else real(name, *a))
+    err = refused_by(capsys, main, study_argv("out", "x", "--launcher", "submitit"))
+    assert "--launcher submitit needs the submitit package: pip install 'stilts[submitit]'" in err
+
+
+def test_resume_command_continues_from_the_newest_checkpoint(tmp_path):
+    from stilts.cli.run import Run
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("all_state___epoch0000___batch000009.p", "all_state___epoch0001___batch000002.p",
+                 "all_state___epoch0000___batch000019.p"):
+        (folder / name).write_bytes(b"")
+    run = Run("r", str(folder), ["--task_name", "rte", "--bert_load_mode", "state_model_only", "--bert_load_path",
+                                 "/a/all_state.p", "--seed", "1"], ("val_metrics.json",))
+    command = launchers.command_for(run, launchers.Attempts(resumable=True))
+    assert command[-7:] == ["--seed", "1", "--bert_load_mode", "state_all", "--bert_load_path",
+                            str(folder / "all_state___epoch0001___batch000002.p"), "--force-overwrite"]
+    assert "state_model_only" not in command
+    assert "state_all" not in launchers.command_for(run, launchers.Attempts(resumable=False))
