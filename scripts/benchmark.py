@@ -23,6 +23,9 @@ L tokens, with n layers, hidden size H, intermediate size I and C labels, one fo
 
 (per layer: the Q, K, V, output and two FFN projections on every token, then Q.K^T and attention.V;
 the pooler and classifier on [CLS] only); training costs 3 forward passes (forward + backward).
+This is BERT's count; for the other encoders (`--model` may be any encoder stilts fine-tunes,
+docs/cli.md) it is the same formula over their config, an approximation (ModernBERT's gated FFN,
+DeBERTa's relative attention and the heads differ).
 Biases, LayerNorm, GELU, softmax and the embedding lookups are not counted. The useful FLOP/s is
 reported as a fraction of the matmul peak measured here with one large torch.matmul, in each
 precision that a variant runs in: the JSON's bf16 peak is null when none runs in bf16 (without
@@ -61,7 +64,8 @@ def build_parser():
     p.add_argument("--max_seq_length", type=int, default=DataSettings.max_seq_length)
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--cased", action="store_true", help="keep case (default: lowercase, for uncased models)")
+    p.add_argument("--cased", action="store_true", help="BERT: keep case (default: lowercase, for uncased "
+                   "models); other encoders normalise texts by their own tokenizer's rules")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the two stilts variants")
     p.add_argument("--no_cuda", action="store_true", help="run every variant on the CPU")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
@@ -94,7 +98,8 @@ def precision(args, variant):
 def forward_flops(config, lengths, num_labels):
     """Matmul FLOPs of one forward pass over examples of these unpadded lengths (see the module doc)."""
     lengths = np.asarray(lengths, dtype=np.float64)
-    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    h, n = config.hidden_size, config.num_hidden_layers
+    i = getattr(config, "intermediate_size", None) or config.hidden_dim  # DistilBERT calls it hidden_dim
     per_layer = 2 * lengths * (4 * h * h + 2 * h * i) + 4 * lengths ** 2 * h
     return float(np.sum(n * per_layer + 2 * (h * h + h * num_labels)))
 
@@ -105,13 +110,13 @@ def run_stilts(args, task, data_dir):
 
     from stilts import distributed
     from stilts.checkpoints import load_weights
-    from stilts.features import load_features, load_tokenizer
+    from stilts.features import load_features
     from stilts.modeling import ModelSource, build_model
     from stilts.trainer import Trainer
 
     torch.manual_seed(args.seed)
     source = ModelSource(args.model)
-    tokenizer = load_tokenizer(source.vocab(), do_lower_case=not args.cased)
+    tokenizer = source.tokenizer(do_lower_case=not args.cased)
     model = build_model(source.config(), task)
     load_weights(model, "from_pretrained", pretrained_state=source.pretrained_encoder_state())
     train = load_features(task, "train", data_dir, tokenizer, args.max_seq_length)
@@ -134,21 +139,23 @@ def run_stilts(args, task, data_dir):
         eval_s = _elapsed(start, ctx.device)
     return {"train_s": train_s, "eval_s": eval_s, "train_examples": len(train) * args.epochs,
             "eval_examples": len(dev), "dev_metric": result["metrics"][task.metric],
-            "train_flops": 3 * args.epochs * forward_flops(model.bert.config, train.lengths, task.num_labels),
+            "train_flops": 3 * args.epochs * forward_flops(model.config, train.lengths, task.num_labels),
             "precision": settings.precision, "device": str(ctx.device)}
 
 
 def run_hf_trainer(args, task, data_dir):
     """transformers' Trainer set up as run_glue.py does by default (fp32, no evaluation during training)."""
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, default_data_collator, set_seed)
+    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments, default_data_collator, set_seed)
     from transformers.utils import logging as hf_logging
 
     from stilts.metrics import compute_metrics
 
     hf_logging.set_verbosity_error()
     set_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model, do_lower_case=not args.cased)
+    # Casing is BERT's flag, as in stilts; other encoders' tokenizers normalise by their own rules.
+    bert = AutoConfig.from_pretrained(args.model).model_type == "bert"
+    tokenizer = AutoTokenizer.from_pretrained(args.model, **({"do_lower_case": not args.cased} if bert else {}))
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=task.num_labels)
     fixed = args.run_variant == "hf_trainer_fixed_pad"
 

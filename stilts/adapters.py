@@ -1,4 +1,4 @@
-"""Bottleneck adapters (Houlsby et al. 2019) inside a transformers BertModel, as the seed has them.
+"""Bottleneck adapters (Houlsby et al. 2019) inside a transformers encoder, as the seed has them in BERT.
 
 An adapter is down-projection -> GELU -> up-projection plus a residual connection, applied after
 the dropout of every layer's attention output (`BertSelfOutput`) and feed-forward output
@@ -7,10 +7,27 @@ adapter is registered as the `adapter` child of those modules (so parameter name
 seed's checkpoints: `...attention.output.adapter.down_project.weight`) and runs as a forward hook
 on their `dropout`. Initialised near identity (weights ~ N(0, adapter_initializer_range), zero
 biases), so an adapter model starts out computing what the plain model computes.
+
+RoBERTa, XLM-R, ELECTRA and DeBERTa-v2 have the same two output blocks (dense -> dropout ->
+LayerNorm of it plus the residual), so they take the same adapters (ADAPTER_SITES). DistilBERT,
+ALBERT and ModernBERT lay their layers out otherwise: stilts refuses adapters there.
 """
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.models.bert.modeling_bert import BertOutput, BertSelfOutput
+from transformers.models.deberta_v2.modeling_deberta_v2 import DebertaV2Output, DebertaV2SelfOutput
+from transformers.models.electra.modeling_electra import ElectraOutput, ElectraSelfOutput
+from transformers.models.roberta.modeling_roberta import RobertaOutput, RobertaSelfOutput
+from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaOutput, XLMRobertaSelfOutput
+
+# By config.model_type: the modules an adapter follows (attention output, feed-forward output).
+ADAPTER_SITES = {
+    "bert": (BertSelfOutput, BertOutput),
+    "roberta": (RobertaSelfOutput, RobertaOutput),
+    "xlm-roberta": (XLMRobertaSelfOutput, XLMRobertaOutput),
+    "electra": (ElectraSelfOutput, ElectraOutput),
+    "deberta-v2": (DebertaV2SelfOutput, DebertaV2Output),
+}
 
 
 class Adapter(nn.Module):
@@ -31,10 +48,10 @@ def _run_adapter(dropout_module, inputs, output):
     return dropout_module.adapter_owner.adapter(output)
 
 
-def add_adapters(bert, config):
-    """Insert an adapter after the dropout of every BertSelfOutput and BertOutput of `bert`."""
-    for module in list(bert.modules()):  # a list: the loop adds modules
-        if isinstance(module, (BertSelfOutput, BertOutput)):
+def add_adapters(encoder, config):
+    """Insert an adapter after the dropout of every attention and feed-forward output block of `encoder`."""
+    for module in list(encoder.modules()):  # a list: the loop adds modules
+        if isinstance(module, ADAPTER_SITES[config.model_type]):
             module.adapter = Adapter(config.hidden_size, config.adapter_size,
                                      config.adapter_initializer_range, getattr(config, "adapter_act", "gelu"))
             # A plain attribute (not a submodule) so the parameter names stay the seed's.
@@ -42,11 +59,12 @@ def add_adapters(bert, config):
             module.dropout.register_forward_hook(_run_adapter)
 
 
-def is_tunable_with_adapters(name):
-    """With adapters on, only adapters, LayerNorms and the task head train (the seed's rule)."""
-    return ".adapter." in name or "LayerNorm" in name or not name.startswith("bert.")
+def is_tunable_with_adapters(name, encoder_prefix):
+    """With adapters on, only adapters, LayerNorms and the task head (what is outside `encoder_prefix`,
+    e.g. `bert.`) train: the seed's rule."""
+    return ".adapter." in name or "LayerNorm" in name or not name.startswith(encoder_prefix)
 
 
 def freeze_for_adapters(model):
     for name, param in model.named_parameters():
-        param.requires_grad = is_tunable_with_adapters(name)
+        param.requires_grad = is_tunable_with_adapters(name, model.base_model_prefix + ".")

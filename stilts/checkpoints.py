@@ -124,11 +124,12 @@ def normalize_keys(state_dict):
     return out
 
 
-def encoder_part(state_dict):
-    """The `bert.`-prefixed encoder weights of a state dict; a bare BertModel's keys get the prefix."""
-    if any(k.startswith("bert.") for k in state_dict):
-        return {k: v for k, v in state_dict.items() if k.startswith("bert.")}
-    return {"bert." + k: v for k, v in state_dict.items() if not k.startswith("cls.")}
+def encoder_part(state_dict, prefix):
+    """The encoder weights (`prefix` is the model's base_model_prefix and a dot, e.g. `bert.`) of a
+    state dict; a bare encoder's keys (BertModel, AutoModel) get the prefix."""
+    if any(k.startswith(prefix) for k in state_dict):
+        return {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {prefix + k: v for k, v in state_dict.items() if not k.startswith("cls.")}
 
 
 def load_into(model, state_dict, source, keep_head, partial=False):
@@ -136,26 +137,29 @@ def load_into(model, state_dict, source, keep_head, partial=False):
 
     keep_head: the checkpoint's head must fit the task; else the head is left as initialised.
     partial: the state dict may cover only part of the model (a base was loaded first).
-    Keys of adapters may always be missing: plain BERT weights into an adapter model.
+    Keys of adapters may always be missing: plain encoder weights into an adapter model.
+    The encoder is every parameter under the model's base_model_prefix (`bert.`, `roberta.`...),
+    the head all the others.
     """
     model = unwrap(model)
+    prefix = model.base_model_prefix + "."
     state_dict = normalize_keys(state_dict)
     if not keep_head:
-        state_dict = encoder_part(state_dict)
+        state_dict = encoder_part(state_dict, prefix)
     expected = model.state_dict()
     unexpected = [k for k in state_dict if k not in expected]
     if unexpected:
-        other_head = [k for k in unexpected if k.split(".")[0] in ("classifier", "regressor")]
+        other_head = [k for k in unexpected if k.split(".")[0] in model.head_names]
         if other_head:
             raise StiltsError(f"{source}: its head {other_head[0]!r} does not fit this task's model "
-                              f"(a {model.head_name}); use --bert_load_mode state_model_only or model_only "
-                              f"to start a new head")
+                              f"(a {'regressor' if model.regression else 'classifier'}); use --bert_load_mode "
+                              f"state_model_only or model_only to start a new head")
         hint = ("an adapter checkpoint: give the adapter config it was trained with, --bert_config_json_path"
                 if any(".adapter." in k for k in unexpected) else "a checkpoint of another architecture?")
         raise StiltsError(f"{source}: does not fit the model: unexpected keys {unexpected[:3]} ({hint})")
     for key, value in state_dict.items():
         if tuple(value.shape) != tuple(expected[key].shape):
-            what = "head" if not key.startswith("bert.") else "adapter" if ".adapter." in key else "weights"
+            what = "head" if not key.startswith(prefix) else "adapter" if ".adapter." in key else "weights"
             hint = {"head": " use --bert_load_mode state_model_only or model_only to start a new head",
                     "adapter": " another adapter_size? use the adapter config it was trained with "
                                "(--bert_config_json_path)",
@@ -163,7 +167,7 @@ def load_into(model, state_dict, source, keep_head, partial=False):
             raise StiltsError(f"{source}: {what} {key!r} has shape {list(value.shape)} but the model "
                               f"needs {list(expected[key].shape)};{hint}")
     if not partial:
-        needed = [k for k in expected if keep_head or k.startswith("bert.")]
+        needed = [k for k in expected if keep_head or k.startswith(prefix)]
         missing = [k for k in needed if k not in state_dict and ".adapter." not in k]
         if missing:
             raise StiltsError(f"{source}: does not fit the model: missing {len(missing)} keys, "

@@ -1,17 +1,22 @@
-"""Examples -> model inputs: WordPiece ids with the seed's [CLS] a [SEP] b [SEP] layout.
+"""Examples -> model inputs: for BERT, WordPiece ids with the seed's [CLS] a [SEP] b [SEP] layout;
+for other encoders, what their own tokenizer makes of the pair.
 
 A multiple-choice example becomes one row per choice, [CLS] context [SEP] choice [SEP], and its
 batches are (examples, choices, tokens).
 
-Texts are tokenized in batches by the Rust WordPiece tokenizer, then truncated exactly as the
+BERT: texts are tokenized in batches by the Rust WordPiece tokenizer, then truncated exactly as the
 seed's `truncate_seq_pair` does (pop the last token of the longer sequence, of the second one on
-ties). Features are kept unpadded; `collate` pads each batch to its own longest row.
+ties). Other encoders (ModelTokenizer): the model's fast tokenizer adds its special tokens
+(RoBERTa: <s> a </s></s> b </s>) and truncates the longer text ('longest_first'). Features are kept
+unpadded; `collate` pads each batch to its own longest row.
 
 Featurized splits are cached on disk, keyed by everything that changes the ids: the data file's
-content, the task and split, the vocabulary, casing and max length. A second stage or a restart
-then skips tokenization (MNLI train takes minutes to tokenize).
+content, the task and split, the tokenizer (BERT: vocabulary and casing; others: the tokenizer's
+whole definition and the model type) and max length. A second stage or a restart then skips
+tokenization (MNLI train takes minutes to tokenize).
 """
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -27,6 +32,8 @@ from stilts.io import atomic_write
 logger = logging.getLogger(__name__)
 
 FEATURES_VERSION = 2  # bump when the featurization changes, to invalidate old caches
+# The tokens of an input whose texts are a word piece each: the seed's layout (one text, a pair).
+SEED_LAYOUT = {False: ("[CLS]", "a", "[SEP]"), True: ("[CLS]", "a", "[SEP]", "b", "[SEP]")}
 
 
 def load_tokenizer(vocab_path, do_lower_case):
@@ -34,6 +41,45 @@ def load_tokenizer(vocab_path, do_lower_case):
     if not os.path.isfile(vocab_path):
         raise StiltsError(f"{vocab_path}: vocabulary file not found (pass --bert_vocab_path)")
     return BertTokenizer(vocab=vocab_path, do_lower_case=do_lower_case)
+
+
+class ModelTokenizer:
+    """An encoder's own fast tokenizer (every encoder but BERT): its special tokens, its pair layout,
+    its truncation of the longer text, its normalisation (--do_lower_case is BERT's)."""
+
+    def __init__(self, tokenizer, model_type):
+        if not getattr(tokenizer, "is_fast", False):
+            raise StiltsError(f"{tokenizer.name_or_path}: a {type(tokenizer).__name__}, not a fast tokenizer "
+                              f"(stilts needs the model's tokenizer.json)")
+        if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers' answer to a folder without one
+            raise StiltsError(f"{tokenizer.name_or_path}: no tokenizer files (tokenizer.json, ...): the tokenizer "
+                              f"would know only its special tokens")
+        self.tokenizer = tokenizer
+        self.model_type = model_type
+
+    def encode(self, texts_a, texts_b, max_seq_length):
+        """Each row's ids, and how many of them are segment 0 (up to the second text's)."""
+        encoded = self.tokenizer(texts_a, texts_b, truncation="longest_first", max_length=max_seq_length,
+                                 return_token_type_ids=True, return_attention_mask=False)
+        input_ids = [np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"]]
+        seg_a = np.asarray([types.count(0) for types in encoded["token_type_ids"]], dtype=np.int64)
+        return input_ids, seg_a
+
+    def layout(self, pair):
+        """The tokens of an input whose texts are one token each, special tokens by name."""
+        encoded = self.tokenizer("a", "b" if pair else None)
+        tokens = self.tokenizer.convert_ids_to_tokens(encoded["input_ids"])
+        layout = []
+        for token, sequence in zip(tokens, encoded.sequence_ids()):
+            name = token if sequence is None else "ab"[sequence]
+            if sequence is None or layout[-1:] != [name]:  # a text that became several tokens counts as one
+                layout.append(name)
+        return tuple(layout)
+
+    def identity(self):
+        """What decides the ids, for the features cache key."""
+        definition = self.tokenizer.backend_tokenizer.to_str()
+        return {"tokenizer": hashlib.sha256(definition.encode()).hexdigest(), "model_type": self.model_type}
 
 
 def truncate_pair_lengths(len_a, len_b, budget):
@@ -76,7 +122,7 @@ class Features:
 
 
 def featurize(examples, task, tokenizer, max_seq_length):
-    """Token ids of every example, truncated to max_seq_length as the seed does."""
+    """Token ids of every example, truncated to max_seq_length (BERT: as the seed does)."""
     if task.is_multiple_choice:  # one (context, choice) pair per choice
         choices = len(examples[0].choices)
         texts_a = [e.text_a for e in examples for _ in range(choices)]
@@ -84,6 +130,13 @@ def featurize(examples, task, tokenizer, max_seq_length):
     else:
         choices, texts_a = 1, [e.text_a for e in examples]
         texts_b = [e.text_b for e in examples] if examples[0].text_b is not None else None
+    encode = tokenizer.encode if isinstance(tokenizer, ModelTokenizer) else functools.partial(seed_encode, tokenizer)
+    input_ids, seg_a = encode(texts_a, texts_b, max_seq_length)
+    return Features(input_ids, seg_a, task.label_ids(examples), choices)
+
+
+def seed_encode(tokenizer, texts_a, texts_b, max_seq_length):
+    """BERT: [CLS] a [SEP] (b [SEP]) of each row, truncated by the seed's rule, and its segment-0 length."""
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     ids_a = tokenizer(texts_a, add_special_tokens=False)["input_ids"]
     ids_b = tokenizer(texts_b, add_special_tokens=False)["input_ids"] if texts_b is not None else None
@@ -99,7 +152,7 @@ def featurize(examples, task, tokenizer, max_seq_length):
             row = [cls_id, *a[:len_a], sep_id]
         input_ids.append(np.asarray(row, dtype=np.int64))
         seg_a[i] = len_a + 2
-    return Features(input_ids, seg_a, task.label_ids(examples), choices)
+    return input_ids, seg_a
 
 
 def collate(features, indices, pad_to=None):
@@ -125,9 +178,12 @@ def collate(features, indices, pad_to=None):
     }
 
 
-def _vocab_digest(tokenizer):
+def _tokenizer_identity(tokenizer):
+    if isinstance(tokenizer, ModelTokenizer):
+        return tokenizer.identity()
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
+    return {"vocab": hashlib.sha256(json.dumps(vocab).encode()).hexdigest(),
+            "lowercase": bool(getattr(tokenizer, "do_lower_case", False))}
 
 
 def cache_key(task, split, folder, tokenizer, max_seq_length):
@@ -136,8 +192,7 @@ def cache_key(task, split, folder, tokenizer, max_seq_length):
         "task": task.name,
         "split": split,
         **task.source_digest(split, folder),
-        "vocab": _vocab_digest(tokenizer),
-        "lowercase": bool(getattr(tokenizer, "do_lower_case", False)),
+        **_tokenizer_identity(tokenizer),
         "max_seq_length": max_seq_length,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]

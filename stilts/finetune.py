@@ -17,9 +17,9 @@ import torch
 from stilts import distributed, reporting, run_folder
 from stilts.checkpoints import HEAD_KEEPING_MODES, load_weights
 from stilts.errors import StiltsError
-from stilts.features import load_features, load_tokenizer
+from stilts.features import load_features
 from stilts.io import atomic_write, write_json, write_logits_csv
-from stilts.modeling import ModelSource, build_model, print_trainable_params
+from stilts.modeling import ModelSource, build_model, print_trainable_params, warn_if_fp16_overflows
 from stilts.settings import TrainSettings, base_path_from_args, features_cache_dir
 from stilts.tasks import GlueTask, get_task, resolve_data_dir
 from stilts.trainer import Trainer
@@ -37,9 +37,16 @@ def set_seed(args, ctx):
 def run(args, ctx, task, split_files):
     seed_given = args.seed != -1
     set_seed(args, ctx)
+    if args.not_verbose:  # before any model is loaded: transformers reports loading with warnings and a bar
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     source = ModelSource(args.bert_model, args.bert_config_json_path, args.bert_vocab_path)
-    tokenizer = load_tokenizer(source.vocab(), args.do_lower_case)
-    model = build_model(source.config(), task)
+    tokenizer = source.tokenizer(args.do_lower_case)
+    config = source.config()
+    if ctx.is_main:
+        warn_if_fp16_overflows(config, args.fp16)
+    model = build_model(config, task)
     pretrained = source.pretrained_encoder_state() if args.bert_load_mode == "from_pretrained" else None
     checkpoint = load_weights(model, args.bert_load_mode, args.bert_load_path,
                               base_path_from_args(args.bert_base_path, args.bert_load_args), pretrained)
@@ -52,10 +59,7 @@ def run(args, ctx, task, split_files):
         set_seed(args, ctx)
     if args.print_trainable_params:
         print_trainable_params(model)
-    if args.not_verbose:
-        from transformers.utils import logging as hf_logging
-        hf_logging.set_verbosity_error()
-    else:
+    if not args.not_verbose:
         for key, value in vars(args).items():
             print(f"  {key}: {value}")
 

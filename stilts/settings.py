@@ -29,7 +29,8 @@ def setting(help, default=dataclasses.MISSING):
 class ModelSettings:
     """Which encoder, and which weights go into it (see stilts/checkpoints.py for the modes)."""
     bert_model: str = setting("bert-base-uncased / bert-large-uncased (config and vocab from $BERT_ALL_DIR), "
-                              "a local transformers model folder, or a Hugging Face hub id")
+                              "a local transformers model folder, or a Hugging Face hub id: BERT, RoBERTa, "
+                              "XLM-R, DeBERTa-v2/v3, ELECTRA, DistilBERT, ALBERT or ModernBERT")
     bert_load_path: Optional[str] = setting("checkpoint to load (all modes but from_pretrained)", None)
     bert_load_mode: Literal[LOAD_MODES] = setting(
         "from_pretrained: --bert_model's weights, new head; model_only / state_model_only: the encoder of a "
@@ -40,7 +41,7 @@ class ModelSettings:
                                             "--bert_load_mode state_adapter", None)
     bert_config_json_path: Optional[str] = setting("BERT config JSON instead of --bert_model's "
                                                    "(an adapter config, e.g. configs/minilm-adapter.json)", None)
-    bert_vocab_path: Optional[str] = setting("vocab.txt instead of --bert_model's", None)
+    bert_vocab_path: Optional[str] = setting("BERT: vocab.txt instead of --bert_model's", None)
     bert_base_path: Optional[str] = setting("base weights (state dict file or model folder) under a *_tunable "
                                             "or adapter checkpoint", None)
 
@@ -55,7 +56,8 @@ class DataSettings:
                                               "(default: the MNLI folder)", None)
     max_seq_length: int = setting("word pieces per example, [CLS] and [SEP] included; longer pairs are "
                                   "truncated as the seed does", 128)
-    do_lower_case: bool = setting("lower-case the texts (for uncased models)", False)
+    do_lower_case: bool = setting("BERT: lower-case the texts (for uncased models); other encoders' tokenizers "
+                                  "normalise texts by their own rules", False)
     train_examples_number: Optional[int] = setting("train on a random subsample of this many examples", None)
     features_cache_dir: Optional[str] = setting("tokenized-features cache (default: $STILTS_CACHE_DIR or "
                                                 "~/.cache/stilts)", None)

@@ -1,8 +1,8 @@
 """stilts' CPU speed paths, behind one boundary and one switch.
 
 Three hooks make CPU training of a BERT cheaper without changing what it computes (up to float
-noise and which random dropout masks are drawn; tests/test_speed_paths.py and test_dropout.py
-hold them to that):
+noise and which random dropout masks are drawn; tests/test_speed_paths.py, test_dropout.py and,
+for the other encoders, test_encoders.py hold them to that):
 - the hidden-state dropouts of transformers' BertModel are replaced by stilts.dropout.Dropout,
   whose CPU mask costs a tenth of torch's;
 - attention runs through transformers' attention interface as "stilts_sdpa": SDPA, except CPU
@@ -12,6 +12,10 @@ hold them to that):
 with torch's dropout and SDPA (on GPUs still without cuDNN's attention, which is no CPU speed path
 but a measured GPU slow-down, see stilts.dropout), and autograd allocates the embedding gradient
 afresh each step. tests/test_dropout.py fails when a transformers upgrade stops calling the first two.
+
+The other encoders that run attention through transformers' attention interface (RoBERTa, XLM-R,
+ELECTRA, DistilBERT, ALBERT, ModernBERT) get the same first two hooks; DeBERTa-v2 has its own
+attention (eager only) and stays as transformers builds it. The third fits any word embedding.
 """
 import os
 
@@ -42,13 +46,16 @@ def enabled():
     return os.environ.get("STILTS_SPEEDUPS", "1") != "0"
 
 
-def install(bert):
-    """Cheap dropout masks for a transformers BertModel's hidden states and attention."""
-    if not enabled():  # stated, not left to the config: a model built before may have set it to ours
-        bert.set_attn_implementation(PLAIN_ATTENTION)
+def install(model):
+    """Cheap dropout masks for a transformers model's hidden states and attention, where it runs its
+    attention through transformers' attention interface."""
+    if not model._supports_attention_backend:  # DeBERTa-v2: its own attention code
         return
-    bert.set_attn_implementation(ATTENTION)
-    for module in list(bert.modules()):
+    if not enabled():  # stated, not left to the config: a model built before may have set it to ours
+        model.set_attn_implementation(PLAIN_ATTENTION)
+        return
+    model.set_attn_implementation(ATTENTION)
+    for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, nn.Dropout):
                 setattr(module, name, dropout.Dropout(child.p))

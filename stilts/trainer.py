@@ -117,7 +117,7 @@ class Trainer:
         self.verbose = verbose
         self.model = model.to(ctx.device)
         if ctx.device.type == "cpu" and not ctx.enabled and not settings.torch_compile:
-            speedups.reuse_gradient_buffer(unwrap(model).bert.embeddings.word_embeddings)
+            speedups.reuse_gradient_buffer(unwrap(model).get_input_embeddings())
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
         if ctx.is_main:  # one line per run, not one per process
             warn_if_slow_bf16(ctx.device, settings.precision)

@@ -98,25 +98,26 @@ def check_numbers(args):
 
 
 def check_max_seq_length(args, task):
-    """Room for the special tokens and a word piece of each sentence, and no more positions than
-    the model has (beyond them, training would crash at the first long batch)."""
-    least = 5 if task.has_pairs else 3
-    if args.max_seq_length < least:
-        layout = "[CLS] a [SEP] b [SEP]" if task.has_pairs else "[CLS] a [SEP]"
-        raise StiltsError(f"--max_seq_length {args.max_seq_length}: {task.name} inputs are {layout}, which "
-                          f"needs at least {least} tokens")
-    positions = model_positions(args.bert_model, args.bert_config_json_path)
+    """Room for the special tokens and a token of each text, and no more positions than the model has
+    (beyond them, training would crash at the first long batch)."""
+    positions, layout = model_limits(args.bert_model, args.bert_config_json_path, args.bert_vocab_path,
+                                     task.has_pairs)
+    if args.max_seq_length < len(layout):
+        raise StiltsError(f"--max_seq_length {args.max_seq_length}: {task.name} inputs are {' '.join(layout)}, "
+                          f"which needs at least {len(layout)} tokens")
     if args.max_seq_length > positions:
         raise StiltsError(f"--max_seq_length {args.max_seq_length}: {args.bert_model} has position embeddings "
                           f"for {positions} tokens (max_position_embeddings of its config)")
 
 
 @functools.lru_cache(maxsize=None)
-def model_positions(bert_model, config_path):
-    """max_position_embeddings of the model's config (cached: stilts-run checks every run)."""
-    from stilts.modeling import ModelSource
+def model_limits(bert_model, config_path, vocab_path, pair):
+    """The longest input the model's positions cover, and its input layout with one token per text
+    (cached: stilts-run checks every run)."""
+    from stilts.modeling import ModelSource, usable_positions
 
-    return ModelSource(bert_model, config_path).config().max_position_embeddings
+    source = ModelSource(bert_model, config_path, vocab_path)
+    return usable_positions(source.config()), source.input_layout(pair)
 
 
 @report_errors
