@@ -199,14 +199,19 @@ def extract_folder(archive, folder, staging, url, filenames):
             z.extractall(staging, members)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise StiltsError(f"{url}: not a readable zip archive (truncated or corrupt download?): {e}") from None
+    except (NotImplementedError, RuntimeError) as e:  # a compression zipfile lacks, an encrypted member
+        raise StiltsError(f"{url}: cannot unpack this zip archive ({e})") from None
 
 
 def split_mrpc(folder):
     """Write MRPC's train/dev/test.tsv from the SentEval files in `folder`, as GLUE's script does:
     the pairs of dev_ids.tsv make dev.tsv and the others train.tsv, both under the source's header
     (its byte-order mark included); test.tsv replaces the test file's label column by a running index."""
-    with open(os.path.join(folder, "dev_ids.tsv"), encoding="utf-8") as f:
-        dev_ids = {tuple(line.strip().split("\t")) for line in f}
+    try:
+        with open(os.path.join(folder, "dev_ids.tsv"), encoding="utf-8") as f:
+            dev_ids = {tuple(line.strip().split("\t")) for line in f}
+    except UnicodeDecodeError as e:
+        raise StiltsError(f"dev_ids.tsv (mrpc_dev_ids.tsv): not UTF-8 text (byte {e.start})") from None
     header, rows = read_msr(os.path.join(folder, "msr_paraphrase_train.txt"))
     with open(os.path.join(folder, "train.tsv"), "w", encoding="utf-8", newline="\n") as train, \
             open(os.path.join(folder, "dev.tsv"), "w", encoding="utf-8", newline="\n") as dev:

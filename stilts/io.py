@@ -107,6 +107,11 @@ def atomic_write(path, mode="w"):
             os.close(dir_fd)
 
 
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def write_json(path, obj):
     with atomic_write(path) as f:
         f.write(json.dumps(obj, indent=2) + "\n")

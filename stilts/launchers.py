@@ -25,6 +25,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from stilts import run_folder
@@ -38,9 +39,11 @@ PERIODIC = re.compile(r"all_state___epoch(\d+)___batch(\d+)\.p$")
 class Attempts:
     """How every run is tried: the same on every engine (pickled to submitit and Ray workers)."""
     max_retries: int = 0
-    resumable: bool = False     # periodic checkpoints hold the training state: resume from the newest
     processes: int = 1          # > 1: torchrun with this many processes (--gpus_per_run)
     echo: bool = False          # also show the run's output here (one run at a time)
+
+
+BAD_INPUT = 2  # stilts-train's exit status for bad input: trying again would fail the same way
 
 
 @dataclasses.dataclass
@@ -69,7 +72,7 @@ def newest_checkpoint(folder):
 def command_for(run, attempts):
     """The stilts-train command that continues `run` from where its folder stands."""
     argv = list(run.argv)
-    checkpoint = newest_checkpoint(run.folder) if attempts.resumable else None
+    checkpoint = newest_checkpoint(run.folder) if run.resumable else None
     if checkpoint:  # the same training, continued: weights, optimizer, schedule, data position
         argv = _without(argv, "--bert_load_mode", "--bert_load_path") + [
             "--bert_load_mode", "state_all", "--bert_load_path", checkpoint]
@@ -92,39 +95,77 @@ def _without(argv, *flags):
     return out
 
 
-def attempt(run, attempts, env=None):
-    """Carry `run` to its end (see the module docstring); never raises for a failing run."""
+def attempt(run, attempts, env=None, stop=None):
+    """Carry `run` to its end (see the module docstring); never raises for a failing run. `stop`
+    (a local study's Stop) ends it early when the study is interrupted."""
     if run.finished():
         return Outcome("skipped")
     started, error = time.monotonic(), ""
     for number in range(1, attempts.max_retries + 2):
+        if stop is not None and stop.is_set():
+            return Outcome("failed", time.monotonic() - started, number - 1, "interrupted")
         command = command_for(run, attempts)
         os.makedirs(run.folder, exist_ok=True)
         with open(log_path(run), "a", encoding="utf-8") as log:
             log.write(f"# stilts-run, try {number}: {shlex.join(command)}\n")
             log.flush()
-            code = _run(command, log, env, attempts.echo)
+            code = _run(command, log, env, attempts.echo, stop)
         if code == 0 and run.finished():
             return Outcome("finished", time.monotonic() - started, number)
         error = _last_error(run) or (f"exit status {code}" if code else "ended without writing its outputs")
+        if code == BAD_INPUT or (stop is not None and stop.is_set()):  # bad input fails again; or stopped
+            return Outcome("failed", time.monotonic() - started, number, error)
     return Outcome("failed", time.monotonic() - started, attempts.max_retries + 1, error)
 
 
-def _run(command, log, env, echo):
-    """The process's exit status; its output to the log (and here, with echo). It dies with us."""
+class Stop:
+    """A local study being interrupted: no new try starts, and the runs in progress are ended."""
+
+    def __init__(self):
+        self.event, self.lock, self.live = threading.Event(), threading.Lock(), set()
+
+    def is_set(self):
+        return self.event.is_set()
+
+    def halt(self):
+        self.event.set()
+        with self.lock:
+            for process in self.live:
+                _end(process)
+
+
+def _run(command, log, env, echo, stop=None):
+    """The process's exit status; its output to the log (and here, with echo). The run is its own
+    process group (torchrun and its workers), ended with SIGTERM, and gets SIGTERM too when the
+    thread that started it ends, even if the launcher is killed: a run left behind would hold its
+    folder's lock against the repeated study."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT, env=env,
-                               preexec_fn=_die_with_parent, text=echo)
-    if echo:
-        for line in process.stdout:
-            log.write(line)
-            sys.stdout.write(line)
-            sys.stdout.flush()
+                               start_new_session=True, preexec_fn=_die_with_parent, text=echo)
+    if stop is not None:
+        with stop.lock:
+            stop.live.add(process)
     try:
+        if echo:
+            for line in process.stdout:
+                log.write(line)
+                sys.stdout.write(line)
+                sys.stdout.flush()
         return process.wait()
-    except BaseException:  # interrupted: the run must not outlive the study that started it
-        process.kill()
-        process.wait()
+    except BaseException:  # interrupted here (one run at a time): the run ends with us
+        _end(process)
         raise
+    finally:
+        if stop is not None:
+            with stop.lock:
+                stop.live.discard(process)
+
+
+def _end(process):
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def _parent_death_signal():
@@ -140,10 +181,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent():
-    """The run gets SIGKILL when the thread that started it ends, even if the launcher is killed:
-    a run left behind would hold its folder's lock against the repeated study."""
     if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)  # torchrun passes SIGTERM on to its workers
 
 
 def _last_error(run):
@@ -161,34 +200,36 @@ def _last_error(run):
 
 
 class Progress:
-    """One line per change: runs done / running / failed, and the time left at the pace so far."""
+    """One line per run that ends: runs done / running / failed, and the time left at the pace so far.
+    Engines call it from their threads: a lock keeps the counts whole."""
 
     def __init__(self, total, report=print):
-        self.total, self.report = total, report
-        self.done = self.failed = self.running = 0
-        self.started, self.ran = time.monotonic(), 0
+        self.total, self.report, self.lock = total, report, threading.Lock()
+        self.done = self.failed = self.running = self.ran = 0
+        self.started = time.monotonic()
 
-    def start(self, run):
-        self.running += 1
+    def start(self, line=None):
+        with self.lock:
+            self.running += 1
+            if line:
+                self.report(line)
 
     def end(self, run, outcome):
-        if outcome.status in ("finished", "failed"):
-            self.running = max(0, self.running - 1)
-        if outcome.ok:
-            self.done += 1
-        else:
-            self.failed += 1
-        if outcome.status == "finished":
-            self.ran += 1
-        what = {"finished": f"done in {format_seconds(outcome.seconds)}", "skipped": "skip (finished)",
-                "failed": f"FAILED after {outcome.tries} tries ({outcome.error}); log: {log_path(run)}",
-                "not started": "not started: its stage A failed"}[outcome.status]
-        left = self.total - self.done - self.failed
-        estimate = ""
-        if self.ran and left:  # at the pace of the runs that ran so far, whatever ran in parallel
-            estimate = f", about {format_seconds((time.monotonic() - self.started) / self.ran * left)} left"
-        self.report(f"stilts-run: {run.label}: {what} [{self.done}/{self.total} done, {self.running} running, "
-                    f"{self.failed} failed{estimate}]")
+        with self.lock:
+            if outcome.status in ("finished", "failed"):
+                self.running = max(0, self.running - 1)
+            self.done += outcome.ok
+            self.failed += not outcome.ok
+            self.ran += outcome.status == "finished"
+            what = {"finished": f"done in {format_seconds(outcome.seconds)}", "skipped": "skip (finished)",
+                    "failed": f"FAILED after {outcome.tries} tries ({outcome.error}); log: {log_path(run)}",
+                    "not started": "not started: its stage A failed"}[outcome.status]
+            left = self.total - self.done - self.failed
+            estimate = ""
+            if self.ran and left:  # at the pace of the runs that ran so far, whatever ran in parallel
+                estimate = f", about {format_seconds((time.monotonic() - self.started) / self.ran * left)} left"
+            self.report(f"stilts-run: {run.label}: {what} [{self.done}/{self.total} done, {self.running} running, "
+                        f"{self.failed} failed{estimate}]")
 
 
 def format_seconds(seconds):
@@ -207,53 +248,61 @@ def not_started(run, outcomes):
 
 
 def launch_local(stage_a, runs, attempts, jobs=1, gpus_per_run=0, report=print):
-    """A pool of `jobs` threads; each target run is submitted once its stage A finished."""
-    devices = visible_gpus()
-    if gpus_per_run and len(devices) < gpus_per_run * jobs:
-        jobs = max(1, len(devices) // gpus_per_run)
-        report(f"stilts-run: {len(devices)} GPU(s) here: {jobs} run(s) at a time with --gpus_per_run {gpus_per_run}")
-    groups = queue.Queue()
-    for g in range(jobs if gpus_per_run else 0):
+    """A pool of `jobs` threads, each waiting on one run's process. Runs start in the plan's order
+    (every stage A first), a target run once its stage A finished."""
+    devices = visible_gpus() if gpus_per_run else []
+    groups = queue.Queue()  # the GPU sets free for a run
+    for g in range(len(devices) // gpus_per_run if gpus_per_run else 0):
         groups.put(",".join(devices[g * gpus_per_run:(g + 1) * gpus_per_run]))
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    progress = Progress(len(stage_a) + len(runs), report)
-    outcomes = {}
+    jobs = min(jobs, groups.qsize()) if gpus_per_run else jobs
+    env = dict(os.environ)
+    if not gpus_per_run and jobs > 1 and "OMP_NUM_THREADS" not in env:  # the cores, divided between the runs
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    progress, stop = Progress(len(stage_a) + len(runs), report), Stop()
 
     def one(run):
-        env = dict(os.environ)
+        run_env = dict(env)
         group = groups.get() if gpus_per_run else None
         if group is not None:
-            env["CUDA_VISIBLE_DEVICES"] = group
-        elif not gpus_per_run:
-            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+            run_env["CUDA_VISIBLE_DEVICES"] = group
         try:
-            return attempt(run, attempts, env)
+            if not run.finished():
+                what = f"redoing the unfinished run in {run.folder}" if run_folder.user_files(run.folder) else "start"
+                progress.start(f"stilts-run: {run.label}: {what}: {shlex.join(command_for(run, attempts))}")
+            return attempt(run, attempts, run_env, stop)
         finally:
             if group is not None:
                 groups.put(group)
 
-    waiting = {run.folder: [r for r in runs if r.after is run] for run in stage_a}
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        def submit(run):
-            if not run.finished():
-                progress.start(run)
-                what = f"redoing the unfinished run in {run.folder}" if run_folder.user_files(run.folder) else "start"
-                report(f"stilts-run: {run.label}: {what}: {shlex.join(command_for(run, attempts))}")
-            return pool.submit(one, run)
-
-        pending = {submit(run): run for run in stage_a + [r for r in runs if r.after is None]}
-        while pending:
-            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+    order, outcomes, in_flight = stage_a + runs, {}, {}
+    pool = concurrent.futures.ThreadPoolExecutor(jobs)
+    try:
+        while len(outcomes) < len(order):
+            for run in order:  # start what may start, in order, up to `jobs` at a time
+                if len(in_flight) >= jobs:
+                    break
+                if run.folder in outcomes or run.folder in in_flight.values():
+                    continue
+                if run.after is not None and run.after.folder not in outcomes:
+                    continue
+                if not_started(run, outcomes):
+                    outcomes[run.folder] = Outcome("not started")
+                    progress.end(run, outcomes[run.folder])
+                    continue
+                in_flight[pool.submit(one, run)] = run.folder
+            if not in_flight:
+                continue
+            finished, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
-                run = pending.pop(future)
-                outcomes[run.folder] = future.result()
-                progress.end(run, outcomes[run.folder])
-                for dependent in waiting.get(run.folder, []):
-                    if not_started(dependent, outcomes):
-                        outcomes[dependent.folder] = Outcome("not started")
-                        progress.end(dependent, outcomes[dependent.folder])
-                    else:
-                        pending[submit(dependent)] = dependent
+                folder = in_flight.pop(future)
+                outcomes[folder] = future.result()
+                progress.end(next(r for r in order if r.folder == folder), outcomes[folder])
+    except BaseException:  # Ctrl-C: no new run or try, the running ones ended
+        stop.halt()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return outcomes
 
 
@@ -308,13 +357,14 @@ def launch_submitit(stage_a, runs, attempts, folder, cluster=None, parameters=No
             jobs = [executor.submit(SubmititRun(attempts), run) for run in todo]
         by_job = {job.job_id: run for job, run in zip(jobs, todo)}
         for run in todo:
-            progress.start(run)
+            progress.start()
         for job in submitit.helpers.as_completed(jobs):
             run = by_job[job.job_id]
             try:
                 outcomes[run.folder] = job.result()
             except Exception as e:  # the job itself died (cancelled, out of memory, node failure)
-                outcomes[run.folder] = Outcome("failed", tries=1, error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                first_line = (str(e).splitlines() or [""])[0][:200]
+                outcomes[run.folder] = Outcome("failed", tries=1, error=f"{type(e).__name__}: {first_line}")
             progress.end(run, outcomes[run.folder])
     return outcomes
 

@@ -12,6 +12,7 @@ Each dataset is represented by a seeded sample of its training examples, tokeniz
 """
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -20,9 +21,9 @@ import torch
 from stilts import ranking_metrics
 from stilts.checkpoints import load_weights
 from stilts.errors import StiltsError
-from stilts.features import collate, load_features, load_tokenizer
+from stilts.features import collate, load_features
 from stilts.logme import logme
-from stilts.modeling import ModelSource, build_model, unwrap
+from stilts.modeling import ModelSource, build_model, unwrap, uses_token_types
 
 METHODS = ("semb", "textemb", "logme")
 K = 3  # NDCG@3 and Regret@3, as Poth et al. report
@@ -30,10 +31,9 @@ K = 3  # NDCG@3 and Regret@3, as Poth et al. report
 
 @dataclasses.dataclass
 class Encoder:
-    """A BERT encoder and its tokenizer, for reading features off examples."""
+    """An encoder (any family --bert_model takes) and its tokenizer, for reading features off examples."""
     model: torch.nn.Module
     tokenizer: object
-    do_lower_case: bool
 
     @classmethod
     def load(cls, bert_model, do_lower_case, task, checkpoint=None):
@@ -45,26 +45,29 @@ class Encoder:
             load_weights(model, "from_pretrained", pretrained_state=source.pretrained_encoder_state())
         else:
             load_weights(model, "state_model_only", checkpoint)
-        return cls(model.eval(), load_tokenizer(source.vocab(), do_lower_case), do_lower_case)
+        return cls(model.eval(), source.tokenizer(do_lower_case))
 
     @torch.inference_mode()
     def read(self, features, batch_size=64):
-        """Per example: the pooled output, the mean of its token states, and the sum and count of its
-        token states (for a token-level average over a dataset)."""
-        bert = unwrap(self.model).bert
+        """Per example: the pooled output (BERT's pooler; other families: the first token's state, what
+        their heads read), the mean of its token states; and the mean token state over all examples."""
+        model = unwrap(self.model)
+        encoder = getattr(model, model.base_model_prefix)
+        types = uses_token_types(encoder.config)
         order = np.argsort(-features.lengths, kind="stable")  # little padding per batch
-        pooled = np.zeros((len(features), bert.config.hidden_size), np.float32)
+        pooled = np.zeros((len(features), encoder.config.hidden_size), np.float32)
         means = np.zeros_like(pooled)
-        token_sum, tokens = np.zeros(bert.config.hidden_size, np.float64), 0
+        token_sum, tokens = np.zeros(encoder.config.hidden_size, np.float64), 0
         for start in range(0, len(order), batch_size):
             indices = order[start:start + batch_size]
             batch = collate(features, indices)
-            out = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       token_type_ids=batch["token_type_ids"])
+            out = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          **({"token_type_ids": batch["token_type_ids"]} if types else {}))
             mask = batch["attention_mask"].unsqueeze(-1).float()
             states = out.last_hidden_state * mask
-            pooled[indices] = out.pooler_output.numpy()
-            means[indices] = (states.sum(1) / mask.sum(1)).numpy()
+            first = getattr(out, "pooler_output", None)
+            pooled[indices] = (first if first is not None else out.last_hidden_state[:, 0]).float().numpy()
+            means[indices] = (states.sum(1) / mask.sum(1)).float().numpy()
             token_sum += states.sum((0, 1)).double().numpy()
             tokens += int(mask.sum())
         return pooled, means, token_sum / tokens
@@ -139,18 +142,27 @@ def random_ranking(measured):
             "regret@3": expected["regret_at_k"], "spearman": expected["spearman"]}
 
 
-def measured_transfer(summary, target):
-    """{candidate: (mean gain, mean STILTs score)} of a study's summary.json for a target."""
-    entry = summary["targets"].get(target)
-    if entry is None:
-        raise StiltsError(f"the study has no target {target!r} (it has: {', '.join(summary['targets'])})")
-    if "intermediate" in summary:
-        arms = {summary["intermediate"]: entry.get("stilts")}
-    else:
-        arms = {name: entry.get(f"stilts:{name}") for name in summary["intermediates"]}
-    measured = {name: (arm["gain"]["mean"], arm["mean"]) for name, arm in arms.items() if arm and "gain" in arm}
-    if not measured:
-        raise StiltsError(f"the study has no gains for {target}: it needs a baseline arm (stilts-run --compare)")
+def measured_transfer(summary, target, candidates):
+    """{candidate: (mean gain, mean STILTs score)} of a study's summary.json for a target, for the
+    candidates it measured with finite values (at least two, or there is no ranking to judge)."""
+    entries = summary.get("targets") if isinstance(summary, dict) else None
+    if not isinstance(entries, dict):
+        raise StiltsError("the study's summary.json has no 'targets': not a stilts-run summary")
+    entry = entries.get(target)
+    if not isinstance(entry, dict):
+        raise StiltsError(f"the study has no target {target!r} (it has: {', '.join(entries)})")
+    names = [summary["intermediate"]] if "intermediate" in summary else summary.get("intermediates", [])
+    arm = (lambda name: entry.get("stilts")) if "intermediate" in summary else (lambda name: entry.get(f"stilts:{name}"))
+    measured = {}
+    for name in names:
+        found = arm(name)
+        if name in candidates and isinstance(found, dict) and isinstance(found.get("gain"), dict):
+            gain, score = found["gain"].get("mean"), found.get("mean")
+            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (gain, score)):
+                measured[name] = (float(gain), float(score))
+    if len(measured) < 2:
+        raise StiltsError(f"the study measured {len(measured)} of the candidates for {target} with a gain "
+                          f"(stilts-run --compare, runs that finished); judging a ranking needs two or more")
     return measured
 
 

@@ -18,7 +18,7 @@ def dev_metrics(task, pred_path, data_dir):
     examples = task.read("dev", data_dir)
     logits = read_logits(pred_path, task.num_labels)
     if len(logits) != len(examples):
-        raise StiltsError(f"{pred_path}: {len(logits)} prediction rows, but {task.path('dev', data_dir)} "
+        raise StiltsError(f"{pred_path}: {len(logits)} prediction rows, but {task.where('dev', data_dir)} "
                           f"has {len(examples)} dev examples")
     # The trainer's dtypes (float32 logits and scores), so that STS-B's correlations match it bit for bit.
     labels = task.label_ids(examples)

@@ -6,7 +6,7 @@ A study has arms: one STILTs arm per intermediate task ("stilts" when there is o
 different arms with the same seed pair up, and the gain of a STILTs arm is the mean of its paired
 differences to the baseline, with a 95% interval (stilts.gains).
 """
-import json
+import math
 import os
 import shutil
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from stilts.errors import StiltsError
 from stilts.gains import excludes_zero, paired_gain
-from stilts.io import atomic_write, write_json
+from stilts.io import atomic_write, read_json, write_json
 
 DEGENERATE_TOLERANCE = 1e-9  # "at or below the baseline", robust to float rounding
 
@@ -34,11 +34,6 @@ def majority_baselines(args):
         dev_labels = task.label_ids(task.read("dev", folder))
         out[target] = majority_baseline(task, train_labels, dev_labels)[task.metric]
     return out
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def run_value(args, run):
@@ -220,13 +215,14 @@ def _save(fig, plt, path):
 
 
 def plot(summary, path):
-    """Dev score per restart of each arm, one panel per target; False without matplotlib."""
+    """Dev score per restart of each arm, one panel per target; False without matplotlib, None when no
+    run finished."""
     plt = _pyplot()
     if plt is None:
         return False
     targets = {target: entry for target, entry in summary["targets"].items() if arm_entries(entry)}
     if not targets:
-        return True  # nothing to draw
+        return None  # nothing to draw
     fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.5), squeeze=False)
     for ax, (target, entry) in zip(axes[0], targets.items()):
         arms = arm_entries(entry)
@@ -273,6 +269,15 @@ def plot_transfer_matrix(summary, path):
     return True
 
 
+def json_safe(value):
+    """NaN (a diverged run, a gain without pairs) as null: strict JSON readers reject a bare NaN."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def write_summary(args, arms, runs, baselines, missing=()):
     """The summary files, from the finished `runs`; `missing`: the folders of runs that failed."""
     summary = summarize(args, arms, runs, baselines)
@@ -281,7 +286,7 @@ def write_summary(args, arms, runs, baselines, missing=()):
     if not args.no_test:
         export_best(args, summary)
     out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
-    write_json(out("summary.json"), summary)
+    write_json(out("summary.json"), json_safe(summary))
     table = markdown(args, summary)
     with atomic_write(out("summary.md")) as f:
         f.write(table)
@@ -293,11 +298,11 @@ def write_summary(args, arms, runs, baselines, missing=()):
             f.write(matrix)
         print(matrix)
         written.append("transfer_matrix.md")
-    pictures = [plot(summary, out("summary.png"))]
+    pictures = {"summary.png": plot(summary, out("summary.png"))}
     if "transfer_matrix.md" in written:
-        pictures.append(plot_transfer_matrix(summary, out("transfer_matrix.png")))
-    if all(pictures):
-        written += ["summary.png"] + (["transfer_matrix.png"] if len(pictures) == 2 else [])
-    note = "" if all(pictures) else " (no pictures: matplotlib is not installed; pip install matplotlib)"
+        pictures["transfer_matrix.png"] = plot_transfer_matrix(summary, out("transfer_matrix.png"))
+    written += [name for name, drawn in pictures.items() if drawn]
+    missing_matplotlib = any(drawn is False for drawn in pictures.values())
+    note = " (no pictures: matplotlib is not installed; pip install matplotlib)" if missing_matplotlib else ""
     print(f"wrote {', '.join(written)} in {args.output_dir}{note}")
     return summary

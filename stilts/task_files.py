@@ -22,7 +22,7 @@ import re
 from typing import Optional
 
 from stilts.errors import StiltsError
-from stilts.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, SPLITS, Example, Task, file_digest
+from stilts.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, SPLITS, TASKS, Example, Task, file_digest
 
 METRICS = {  # the metrics each type can be ranked by; the first is the default
     CLASSIFICATION: ("acc", "f1", "acc_and_f1", "mcc"),
@@ -39,6 +39,9 @@ DATASET_KEYS = {"path", "name", "splits", "data_files", "revision"}
 DATASET_SPLITS = {"train": "train", "dev": "validation", "test": "test"}  # the hub's usual split names
 READERS = (".csv", ".tsv", ".jsonl", ".parquet")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # it names folders and cache files
+# A GLUE task's name means its readers, MNLI's mismatched half and the leaderboard export; the others
+# are folders a study writes beside its tasks' (compared case-blind, for case-blind file systems).
+RESERVED_NAMES = set(TASKS) | {"submission_input", "submitit"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,11 @@ class FileTask(Task):
             raise StiltsError(f"{self.spec_path}: no {split} split under 'dataset' 'splits' "
                               f"(it has: {', '.join(self.dataset['splits'])})")
 
+    def where(self, split, folder):
+        if self.files is not None:
+            return os.path.join(folder, self.files[split])
+        return f"dataset {self.dataset['path']} split {self.dataset['splits'][split]}"
+
     def source_digest(self, split, folder):
         columns = {k: getattr(self, k) for k in ("task_type", "text_a", "text_b", "choices", "label", "labels")}
         table_id = (file_digest(os.path.join(folder, self.files[split])) if self.files is not None
@@ -115,6 +123,8 @@ class FileTask(Task):
 
     def _label(self, table, i):
         value = table.value(self.label, i, "label")
+        if isinstance(value, str) and not value.strip():  # an empty CSV/TSV cell
+            raise StiltsError(f"{table.row(i)}: no value in column {self.label!r} (key 'label')")
         if self.is_regression:
             number = _number(value)
             if number is None:
@@ -170,9 +180,12 @@ class Table:
         return " ".join(self.text(c, i, key) for c in columns)
 
     def choice_list(self, column, i, count):
+        """A row's choices from a list column: `count` of them (None: two or more)."""
         value = self.value(column, i, "choices")
-        if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != count:
-            raise StiltsError(f"{self.row(i)}: column {column!r} (key 'choices') should hold a list of {count} texts")
+        if (isinstance(value, str) or not hasattr(value, "__len__")
+                or (len(value) != count if count else len(value) < 2)):
+            raise StiltsError(f"{self.row(i)}: column {column!r} (key 'choices') should hold a list of "
+                              f"{count or 'two or more'} texts")
         return [str(v) for v in value]
 
     def label_text(self, column, value, class_names=True):
@@ -322,7 +335,7 @@ def _read_spec(path):
 
 
 def _check_keys(spec, path, task_type):
-    if task_type not in KEYS:
+    if not isinstance(task_type, str) or task_type not in KEYS:
         raise StiltsError(f"{path}: 'type' {task_type!r} is not one of {', '.join(KEYS)}")
     required, optional = KEYS[task_type]
     unknown = sorted(set(spec) - COMMON_KEYS - required - optional)
@@ -332,6 +345,9 @@ def _check_keys(spec, path, task_type):
     missing = sorted(({"name"} | required) - set(spec))
     if missing:
         raise StiltsError(f"{path}: missing key {missing[0]!r} (a {task_type} task needs {', '.join(sorted(required))})")
+    if isinstance(spec["name"], str) and spec["name"].lower() in RESERVED_NAMES:
+        raise StiltsError(f"{path}: 'name' {spec['name']!r} is taken (a GLUE task, or a folder of a study); "
+                          f"give the task another name")
     if not isinstance(spec["name"], str) or not NAME.match(spec["name"]):
         raise StiltsError(f"{path}: 'name' {spec['name']!r} should be letters, digits, '_', '-' or '.' "
                           f"(it names folders)")
@@ -391,12 +407,25 @@ def _dataset_spec(spec, path):
     unknown = sorted(set(dataset) - DATASET_KEYS)
     if unknown:
         raise StiltsError(f"{path}: unknown key {unknown[0]!r} in 'dataset' (keys: {', '.join(sorted(DATASET_KEYS))})")
+    for key in ("name", "revision"):
+        if key in dataset and not (isinstance(dataset[key], str) and dataset[key]):
+            raise StiltsError(f"{path}: 'dataset' {key!r} should be a string")
+    if "data_files" in dataset and not _file_names(dataset["data_files"]):
+        raise StiltsError(f"{path}: 'dataset' 'data_files' should be a file name, a list of them, or an object "
+                          f"mapping split names to them")
     splits = dataset.get("splits", DATASET_SPLITS)
     if (not isinstance(splits, dict) or not splits or set(splits) - set(SPLITS)
             or not all(isinstance(v, str) and v for v in splits.values())):
         raise StiltsError(f"{path}: 'dataset' 'splits' should map some of {', '.join(SPLITS)} to the dataset's "
                           f"split names")
     return {**dataset, "splits": splits}
+
+
+def _file_names(value):
+    """A file name, a list of them, or {split: either}: what load_dataset takes as data_files."""
+    names = lambda v: (isinstance(v, str) and v) or (  # noqa: E731
+        isinstance(v, list) and v and all(isinstance(n, str) and n for n in v))
+    return names(value) or (isinstance(value, dict) and value and all(names(v) for v in value.values()))
 
 
 def _train_labels(task, folder):
@@ -409,7 +438,13 @@ def _train_labels(task, folder):
     names = (table.label_names or {}).get(task.label)
     if names is not None:
         return names
-    labels = sorted({table.label_text(task.label, table.value(task.label, i, "label")) for i in range(table.rows)})
+    labels = set()
+    for i in range(table.rows):
+        value = table.value(task.label, i, "label")
+        if isinstance(value, str) and not value.strip():
+            raise StiltsError(f"{table.row(i)}: no value in column {task.label!r} (key 'label')")
+        labels.add(table.label_text(task.label, value))
+    labels = sorted(labels)
     if len(labels) < 2:
         raise StiltsError(f"{table.where}: the train split has {len(labels)} distinct label(s) in column "
                           f"{task.label!r}; a classification task needs two or more")
@@ -422,9 +457,7 @@ def _choice_count(task, folder):
         if split in (task.files or task.dataset["splits"]):
             task.check_split(split, folder)
             table = task._table(split, folder)
-            value = table.value(task.choices, 0, "choices")
-            if isinstance(value, str) or not hasattr(value, "__len__") or len(value) < 2:
-                raise StiltsError(f"{table.row(0)}: column {task.choices!r} (key 'choices') should hold a list "
-                                  f"of two or more texts")
-            return len(value)
+            if not table.rows:
+                raise StiltsError(f"{table.where}: no examples (empty {split} split)")
+            return len(table.choice_list(task.choices, 0, None))
     raise StiltsError(f"{task.spec_path}: no split to read")

@@ -87,6 +87,10 @@ class Task:
         """Raise StiltsError unless the split can be read from `folder`."""
         raise NotImplementedError
 
+    def where(self, split, folder):
+        """The split's file (or dataset), for messages."""
+        raise NotImplementedError
+
     def read(self, split, folder):
         """The split's examples, in file order."""
         raise NotImplementedError
@@ -128,6 +132,9 @@ class GlueTask(Task):
         path = self.path(split, folder)
         if not os.path.isfile(path):
             raise StiltsError(f"{path}: file not found")
+
+    def where(self, split, folder):
+        return self.path(split, folder)
 
     def read(self, split, folder):
         return read_tsv_examples(self, split, folder)

@@ -62,17 +62,17 @@ def test_every_launcher_gives_the_summary_of_one_job(reference, tmp_path, tiny_b
     assert "9/9 done, 0 running, 0 failed" in result.stdout
 
 
-def test_a_failing_run_is_retried_then_reported(tmp_path, tiny_bert_dir):
-    """A run that cannot write its metrics fails every try; the other runs finish, the summary lists
-    it as missing, and the command ends with status 1 and one line naming it and its log."""
+def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, tiny_bert_dir):
+    """A run that cannot write its metrics fails (bad input: not tried again); the other runs
+    finish, the summary lists it as missing, and the command ends with status 1 and one line naming
+    it and its log."""
     out = tmp_path / "out"
     broken = out / "rte" / "baseline" / "seed_1"
     (broken / "val_metrics.json").mkdir(parents=True)  # a folder where the run writes its metrics
     result = run_study(out, tiny_bert_dir, "--max_retries", "2", targets="rte", seeds="1")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     log = (broken / launchers.LOG_NAME).read_text()
-    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("# stilts-run")] == \
-        ["# stilts-run, try 1", "# stilts-run, try 2", "# stilts-run, try 3"]
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("# stilts-run")] == ["# stilts-run, try 1"]
     failures = [line for line in result.stderr.splitlines() if "failed:" in line]
     assert len(failures) == 1 and "rte baseline seed 1 failed" in failures[0]
     assert "val_metrics.json: cannot write" in failures[0] and str(broken / launchers.LOG_NAME) in failures[0]
@@ -80,6 +80,27 @@ def test_a_failing_run_is_retried_then_reported(tmp_path, tiny_bert_dir):
     assert summary["missing"] == ["rte/baseline/seed_1"]
     assert "baseline" not in summary["targets"]["rte"] and len(summary["targets"]["rte"]["stilts"]["runs"]) == 1
     assert "2 run(s) done, 0 skipped as finished, 1 failed" in result.stdout
+
+
+def test_a_killed_run_is_tried_again(tmp_path, tiny_bert_dir):
+    """A run that dies (here: SIGKILL, as the out-of-memory killer does) is tried again, and the
+    study ends well."""
+    out = tmp_path / "out"
+    victim = out / "rte" / "stilts" / "seed_1"
+    env = dict(os.environ, STILTS_CACHE_DIR=str(tmp_path / "cache"))
+    study = subprocess.Popen([sys.executable, "-m", "stilts.cli.run", *study_argv(out, tiny_bert_dir, "--max_retries",
+                                                                                  "1", targets="rte", seeds="1")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and study.poll() is None:  # kill its first try once it runs
+        if subprocess.run(["pkill", "-9", "-f", f"output_dir {victim} "]).returncode == 0:
+            break
+        time.sleep(0.05)
+    output = study.communicate()[0]
+    assert study.returncode == 0, output[-3000:]
+    tries = [line for line in (victim / launchers.LOG_NAME).read_text().splitlines() if line.startswith("# stilts-run")]
+    assert [t.split(":")[0] for t in tries] == ["# stilts-run, try 1", "# stilts-run, try 2"]
+    assert (victim / "val_metrics.json").is_file()
 
 
 def test_a_failed_stage_a_leaves_its_runs_unstarted(tmp_path, tiny_bert_dir):
@@ -147,10 +168,12 @@ def test_resume_command_continues_from_the_newest_checkpoint(tmp_path):
     for name in ("all_state___epoch0000___batch000009.p", "all_state___epoch0001___batch000002.p",
                  "all_state___epoch0000___batch000019.p"):
         (folder / name).write_bytes(b"")
-    run = Run("r", str(folder), ["--task_name", "rte", "--bert_load_mode", "state_model_only", "--bert_load_path",
-                                 "/a/all_state.p", "--seed", "1"], ("val_metrics.json",))
-    command = launchers.command_for(run, launchers.Attempts(resumable=True))
+    argv = ["--task_name", "rte", "--bert_load_mode", "state_model_only", "--bert_load_path", "/a/all_state.p",
+            "--seed", "1"]
+    run = Run("r", str(folder), argv, ("val_metrics.json",), resumable=True)
+    command = launchers.command_for(run, launchers.Attempts())
     assert command[-7:] == ["--seed", "1", "--bert_load_mode", "state_all", "--bert_load_path",
                             str(folder / "all_state___epoch0001___batch000002.p"), "--force-overwrite"]
     assert "state_model_only" not in command
-    assert "state_all" not in launchers.command_for(run, launchers.Attempts(resumable=False))
+    stage_a = Run("a", str(folder), argv, ("all_state.p",))  # saves the model alone: starts over
+    assert "state_all" not in launchers.command_for(stage_a, launchers.Attempts())

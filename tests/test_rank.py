@@ -101,3 +101,22 @@ def test_logme_from_checkpoints(study, tiny_bert_dir, tmp_path):
 ])
 def test_bad_command_lines(capsys, argv, message):
     assert message in refused_by(capsys, rank_main, ["--target", "rte", "--glue_dir", FIXTURES, *argv])
+
+
+def test_textemb_and_logme_with_another_encoder_family(tmp_path, capsys):
+    """A tiny RoBERTa (no pooler, no token types): TextEmb reads its token states, LogME its <s> state."""
+    from test_encoders import make_tiny_encoder
+
+    roberta = make_tiny_encoder(tmp_path / "roberta", "roberta")
+    stage_a = {}
+    for name, folder in (("mnli", "MNLI"), ("qnli", "QNLI")):
+        train_main(["--task_name", name, "--data_dir", os.path.join(FIXTURES, folder), "--bert_model", roberta,
+                    "--do_train", "--do_save", "--bert_save_mode", "model_all",
+                    "--output_dir", str(tmp_path / name), *TRAIN])
+        stage_a[name] = tmp_path / name / "all_state.p"
+    rank("--target", "rte", "--candidates", "mnli,qnli", "--method", "textemb,logme", "--bert_model", roberta,
+         "--checkpoints", ",".join(f"{k}={v}" for k, v in stage_a.items()), "--glue_dir", FIXTURES,
+         "--json", tmp_path / "r.json")
+    methods = json.loads((tmp_path / "r.json").read_text())["methods"]
+    assert all(np.isfinite(list(m["scores"].values())).all() for m in methods.values())
+    assert methods["logme"]["scores"]["mnli"] != methods["logme"]["scores"]["qnli"]

@@ -302,6 +302,10 @@ BAD = [
     (drop_key("name"), "task.json: missing key 'name'"),
     (set_key("name", "../up"), "task.json: 'name' '../up' should be letters"),
     (set_key("type", "ranking"), "task.json: 'type' 'ranking' is not one of"),
+    (set_key("type", ["classification"]), "task.json: 'type' ['classification'] is not one of"),
+    (set_key("name", "MNLI"), "task.json: 'name' 'MNLI' is taken (a GLUE task"),
+    (lambda spec, folder: (spec.pop("files"), spec.update(dataset={"path": ".", "data_files": 5})),
+     "task.json: 'dataset' 'data_files' should be a file name"),
     (set_key("metric", "corr"), "task.json: 'metric' 'corr' does not fit a classification task"),
     (set_key("labels", ["entailment"]), "task.json: 'labels' should list two or more distinct label strings"),
     (set_key("text_b", "sentence3"), "train.csv: no column 'sentence3' (key 'text_b'); it has: idx, sentence1"),
@@ -311,7 +315,7 @@ BAD = [
     (set_key("files", {"train": "gone.csv", "dev": "dev.csv"}), "gone.csv: file not found ('files' train of"),
     (set_key("files", {"dev": "dev.csv"}), "task.json: no train file under 'files' (it has: dev)"),
     (write_bytes("train.csv", b"idx,sentence1\n1,\xff\xfe bad\n"), "train.csv: cannot read as CSV"),
-    (rewrite_train(lambda d: d.assign(label=[""] + list(d.label[1:]))), "train.csv: row 1: label '' is not one of"),
+    (rewrite_train(lambda d: d.assign(label=[""] + list(d.label[1:]))), "train.csv: row 1: no value in column 'label' (key 'label')"),
 ]
 
 

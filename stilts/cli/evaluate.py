@@ -16,7 +16,8 @@ def main(argv=None):
     parser = ArgumentParser(description="Compute GLUE dev metrics from a predictions file.")
     parser.add_argument("--task-name", required=True, help="a GLUE task, or a task file (*.json)")
     parser.add_argument("--pred-file-path", required=True, help="logits, one row per dev example (val_preds.csv)")
-    parser.add_argument("--task-data-dir", default=None, help="the task's GLUE folder (default: $GLUE_DIR/<folder>)")
+    parser.add_argument("--task-data-dir", default=None,
+                        help="the task's folder (default: $GLUE_DIR/<folder>; a task file's own folder)")
     parser.add_argument("--mnli-mm-data-dir", default=None,
                         help="mnli: the folder holding dev_mismatched.tsv (default: --task-data-dir)")
     parser.add_argument("--output-path", default=None, help="write the metrics here as JSON")

@@ -65,6 +65,10 @@ def parse_args(argv):
     args.checkpoints = stage_a_checkpoints(args) if "logme" in args.methods else {}
     if args.bert_model is None and {"textemb", "logme"} & set(args.methods):
         raise StiltsError("--bert_model: TextEmb and LogME need the study's encoder (or pass --study)")
+    args.folders = {}  # every task's train split, found before any model loads
+    for task in [args.target] + args.candidates:
+        args.folders[task.name] = resolve_data_dir(task, glue_dir=args.glue_dir, flag="--glue_dir")
+        task.check_split("train", args.folders[task.name])
     if args.json:
         check_writable_file(args.json, "--json")
     return args
@@ -80,6 +84,8 @@ def read_study(args):
         raise StiltsError(f"{path}: cannot read the study's summary ({e.strerror}); has stilts-run finished?") from None
     except ValueError as e:
         raise StiltsError(f"{path}: not a study summary ({e})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("targets"), dict):
+        raise StiltsError(f"{path}: not a stilts-run summary (no 'targets')")
     if args.bert_model is None:  # the encoder and casing of the study's first stage A
         intermediate = summary.get("intermediate") or summary.get("intermediates", [None])[0]
         try:
@@ -117,8 +123,8 @@ def main(argv=None):
     from stilts import ranking  # torch and transformers: only once the flags are good
 
     def read(task, tokenizer):
-        folder = resolve_data_dir(task, glue_dir=args.glue_dir)
-        return ranking.sample(task, folder, tokenizer, args.max_seq_length, args.max_examples, args.seed)
+        return ranking.sample(task, args.folders[task.name], tokenizer, args.max_seq_length, args.max_examples,
+                              args.seed)
 
     result = {"target": args.target.name, "methods": {}}
     for method in args.methods:
@@ -138,7 +144,7 @@ def main(argv=None):
         print(f"{method} ({seconds:.1f} s): " + ", ".join(f"{name} {scores[name]:.4g}" for name in ranking.rank(scores)),
               flush=True)
     if args.summary is not None:
-        measured = ranking.measured_transfer(args.summary, args.target.name)
+        measured = ranking.measured_transfer(args.summary, args.target.name, [t.name for t in args.candidates])
         result["measured"] = {name: {"gain": gain, "score": score} for name, (gain, score) in measured.items()}
         result["evaluation"] = {method: ranking.evaluate(entry["scores"], measured)
                                 for method, entry in result["methods"].items()}

@@ -27,9 +27,9 @@ from stilts import resources, run_folder
 from stilts.cli import ArgumentParser, report_errors
 from stilts.cli import train as train_cli
 from stilts.errors import StiltsError
-from stilts.io import check_writable_folder
+from stilts.io import check_writable_folder, read_json
 from stilts.settings import flag_names
-from stilts.tasks import get_task, resolve_data_dir
+from stilts.tasks import get_task, resolve_data_dir, run_splits
 
 # glue/train.py flags the pipeline sets for each run; passing them through would break the layout.
 OWNED_FLAGS = set().union(*map(flag_names, ("task_name", "data_dir", "output_dir", "seed", "bert_load_mode",
@@ -117,6 +117,8 @@ def parse_args(argv=None):
 
     if (args.intermediate is None) == (args.intermediates is None):
         raise StiltsError("give one of --intermediate TASK and --intermediates TASK,TASK,...")
+    if args.intermediate and "," in args.intermediate:
+        raise StiltsError(f"--intermediate {args.intermediate}: one task; for several, --intermediates")
     intermediates = [get_task(t.strip()) for t in (args.intermediates or args.intermediate).split(",") if t.strip()]
     targets = [get_task(t.strip()) for t in args.targets.split(",") if t.strip()]
     if not intermediates:
@@ -175,6 +177,12 @@ def check_launcher(args):
             raise StiltsError(f"--{flag} {value}: must be at least {least}")
     if args.jobs > 1 and args.launcher != "local":
         raise StiltsError(f"--jobs is for --launcher local; {args.launcher} spreads the runs itself")
+    if args.launcher == "local" and args.gpus_per_run:
+        from stilts.launchers import visible_gpus  # torch: after the flags
+
+        if len(visible_gpus()) < args.gpus_per_run:
+            raise StiltsError(f"--gpus_per_run {args.gpus_per_run}: this machine has {len(visible_gpus())} GPU(s) "
+                              f"(CUDA_VISIBLE_DEVICES)")
     if args.launcher != "local" and importlib.util.find_spec(args.launcher) is None:
         raise StiltsError(f"--launcher {args.launcher} needs the {args.launcher} package: "
                           f"pip install 'stilts[{args.launcher}]'")
@@ -188,9 +196,7 @@ def launch(args, stage_a, runs):
     """Carry out every run with the chosen engine; {run folder: launchers.Outcome}."""
     from stilts import launchers
 
-    save_mode = args.shared.bert_save_mode
-    attempts = launchers.Attempts(max_retries=args.max_retries, processes=max(1, args.gpus_per_run),
-                                  resumable=bool(args.shared.train_save_every) and save_mode in ("all", "tunable"))
+    attempts = launchers.Attempts(max_retries=args.max_retries, processes=max(1, args.gpus_per_run))
     report = lambda line: print(line, flush=True)  # noqa: E731
     if args.launcher == "local":
         gpus = args.gpus_per_run or (1 if launchers.visible_gpus() else 0)
@@ -261,6 +267,7 @@ class Run:
     arm: str = ""       # Arm.key
     seed: int = 0
     after: Optional["Run"] = None  # the run that must finish first (a STILTs run: its stage A)
+    resumable: bool = False  # its periodic checkpoints hold the training state: continue from the newest
 
     def finished(self):
         """All outputs there, from one run that ended well (folders older than run_status.json: outputs alone)."""
@@ -300,7 +307,8 @@ def plan(args, passthrough):
                              "--bert_load_mode", "from_pretrained"] + common + args.intermediate_extra
                             + (STAGE_A_SAVE_ADAPTERS if args.adapters else STAGE_A_SAVE),
                             outputs=("all_state.p",), task=name)
-    runs = []
+    runs = []  # stage A saves the model alone (model_*), so only target runs can resume
+    resumable = bool(args.shared.train_save_every) and args.shared.bert_save_mode in ("all", "tunable")
     for target in args.targets:
         test = not args.no_test and has_test(args, target)
         outputs = ["val_metrics.json"]
@@ -320,12 +328,12 @@ def plan(args, passthrough):
                          "--output_dir", folder, "--seed", str(seed), "--do_train", "--do_val"]
                         + (["--do_test"] if test else []) + source + common)
                 runs.append(Run(f"{target} {arm.key} seed {seed}", folder, argv, tuple(outputs),
-                                task=target, arm=arm.key, seed=seed, after=after))
+                                task=target, arm=arm.key, seed=seed, after=after, resumable=resumable))
     return list(stage_a.values()), runs
 
 
 def check_before_training(args, runs):
-    """Every data file, flag and finished run is checked before the first run starts."""
+    """Every data file (each row of it), flag and finished run is checked before the first run starts."""
     check_writable_folder(args.output_dir, "--output_dir")
     for run in runs:
         settings = train_cli.build_parser().parse_args(run.argv + ["--force-overwrite"])
@@ -334,6 +342,21 @@ def check_before_training(args, runs):
         train_cli.check_args(settings)
         if run.finished():
             check_same_settings(run)
+    read_every_split(args, runs)
+
+
+def read_every_split(args, runs):
+    """Read each split the study's runs will read once: a bad row stops the study here, in one line,
+    not a run hours in (where trying again would not help)."""
+    wanted = {}
+    for run in runs:
+        settings = train_cli.build_parser().parse_known_args(run.argv)[0]
+        task = args.tasks[run.task]
+        for split in run_splits(task, settings.data_dir, settings.mnli_mm_data_dir, train=True, dev=True,
+                                test=settings.do_test):
+            wanted[split.task.name, split.split, split.folder] = split
+    for split in wanted.values():
+        split.task.read(split.split, split.folder)
 
 
 def check_same_settings(run):
@@ -352,11 +375,6 @@ def check_same_settings(run):
         changes = ", ".join(f"--{k} {recorded[k]!r} -> {wanted[k]!r}" for k in differ)
         raise StiltsError(f"{run.folder}: this finished run used other settings ({changes}); "
                           f"use a new --output_dir, or delete that folder to redo it")
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _same(value):
