@@ -96,8 +96,8 @@ def test_run_starts_the_installed_train_module(venv, empty_dir, tiny_bert_dir):
                  "--bert_model", tiny_bert_dir, "--glue_dir", FIXTURES, "--output_dir", "study", "--do_lower_case",
                  "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
                  "--max_seq_length", "32", "--no_test", cwd=empty_dir)
-    starts = [line for line in result.stdout.splitlines() if line.startswith("stilts-run [")
-              and "-m stilts.cli.train" in line]
+    starts = [line for line in result.stdout.splitlines() if line.startswith("stilts-run: ")
+              and ": start: " in line and "-m stilts.cli.train" in line]
     assert len(starts) == 2 and all(f"{venv / 'python'} -m stilts.cli.train" in line for line in starts), \
         result.stdout
     assert os.path.isfile(empty_dir / "study" / "summary.json")
