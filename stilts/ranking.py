@@ -24,6 +24,7 @@ from stilts.errors import StiltsError
 from stilts.features import collate, load_features
 from stilts.logme import logme
 from stilts.modeling import ModelSource, build_model, unwrap, uses_token_types
+from stilts.study_summary import stilts_arm_key, summary_intermediates
 
 METHODS = ("semb", "textemb", "logme")
 K = 3  # NDCG@3 and Regret@3, as Poth et al. report
@@ -151,11 +152,9 @@ def measured_transfer(summary, target, candidates):
     entry = entries.get(target)
     if not isinstance(entry, dict):
         raise StiltsError(f"the study has no target {target!r} (it has: {', '.join(entries)})")
-    names = [summary["intermediate"]] if "intermediate" in summary else summary.get("intermediates", [])
-    arm = (lambda name: entry.get("stilts")) if "intermediate" in summary else (lambda name: entry.get(f"stilts:{name}"))
     measured = {}
-    for name in names:
-        found = arm(name)
+    for name in summary_intermediates(summary):
+        found = entry.get(stilts_arm_key(summary, name))
         if name in candidates and isinstance(found, dict) and isinstance(found.get("gain"), dict):
             gain, score = found["gain"].get("mean"), found.get("mean")
             if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (gain, score)):

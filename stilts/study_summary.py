@@ -88,6 +88,16 @@ def relative(args, folder):
     return os.path.relpath(folder, args.output_dir).replace(os.sep, "/")
 
 
+def summary_intermediates(summary):
+    """The intermediate tasks of a summary.json, one-intermediate or grid."""
+    return [summary["intermediate"]] if "intermediate" in summary else list(summary.get("intermediates", []))
+
+
+def stilts_arm_key(summary, intermediate):
+    """The key of an intermediate's STILTs arm in a target's entry ("stilts" alone with one intermediate)."""
+    return "stilts" if "intermediate" in summary else f"stilts:{intermediate}"
+
+
 def arm_entries(entry):
     """(key, summary) of each arm of a target's entry, in the study's order."""
     return [(key, value) for key, value in entry.items() if isinstance(value, dict) and "runs" in value]
@@ -144,7 +154,7 @@ def markdown(args, summary):
     lines.append("")
     lines.append("Majority-class baseline (dev): " + "; ".join(
         f"{t} {args.tasks[t].metric} {100 * e['majority_baseline']:.1f}" for t, e in summary["targets"].items()))
-    for intermediate in [summary["intermediate"]] if "intermediate" in summary else summary["intermediates"]:
+    for intermediate in summary_intermediates(summary):
         stage_a = os.path.join(args.output_dir, f"intermediate_{intermediate}", "val_metrics.json")
         if os.path.isfile(stage_a):
             metrics = read_json(stage_a)["metrics"]
@@ -160,12 +170,12 @@ def markdown(args, summary):
 def transfer_matrix(summary):
     """Rows (intermediates) x columns (targets with a baseline) of each STILTs arm's gain, and the
     degenerate runs."""
-    intermediates = [summary["intermediate"]] if "intermediate" in summary else summary["intermediates"]
+    intermediates = summary_intermediates(summary)
     targets = [target for target, entry in summary["targets"].items() if "baseline" in entry]
     cells = {}
     for target, entry in summary["targets"].items():
         for intermediate in intermediates:
-            arm = entry.get("stilts" if "intermediate" in summary else f"stilts:{intermediate}")
+            arm = entry.get(stilts_arm_key(summary, intermediate))
             if arm and "gain" in arm:
                 cells[intermediate, target] = (arm["gain"], arm["degenerate"], len(arm["runs"]),
                                                entry["baseline"]["degenerate"])

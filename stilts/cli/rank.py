@@ -87,7 +87,9 @@ def read_study(args):
     if not isinstance(summary, dict) or not isinstance(summary.get("targets"), dict):
         raise StiltsError(f"{path}: not a stilts-run summary (no 'targets')")
     if args.bert_model is None:  # the encoder and casing of the study's first stage A
-        intermediate = summary.get("intermediate") or summary.get("intermediates", [None])[0]
+        from stilts.study_summary import summary_intermediates  # SciPy: after the flags
+
+        intermediate = (summary_intermediates(summary) or [None])[0]
         try:
             with open(os.path.join(args.study, f"intermediate_{intermediate}", "args.json"), encoding="utf-8") as f:
                 recorded = json.load(f)
