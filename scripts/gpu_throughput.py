@@ -3,7 +3,7 @@
     python scripts/gpu_throughput.py --json throughput.json            # on a GPU: under 3 minutes on an H100
     python scripts/gpu_throughput.py --device cpu --steps 2 --warmup 0 --models base --batch_size 4 --seq_len 32
 
-Each step is our Trainer's own optimizer step (collate, autocast, GradScaler for fp16, fused AdamW,
+Each step is our Trainer's own optimizer step (batch cut on the device, autocast, GradScaler for fp16, fused AdamW,
 gradient clipping) on synthetic batches of full-length rows (batch_size x seq_len, no padding), so
 examples/s is the ceiling of a real run at that length. Models come from the configs in
 cache/bert_metadata (random weights: speed does not depend on them), or from any bert_config.json
@@ -77,11 +77,11 @@ def throughput(config, precision, args):
         batch = np.arange(args.batch_size)
         position = {"epoch": 0, "batch": 0, "global_step": 0}
         for _ in range(args.warmup):
-            trainer._train_step(features, batch, position)
+            trainer.train_step(features, batch, position)
         synchronize(device)
         start = time.perf_counter()
         for _ in range(args.steps):
-            trainer._train_step(features, batch, position)
+            trainer.train_step(features, batch, position)
         synchronize(device)
         seconds = time.perf_counter() - start
     examples_per_s = args.steps * args.batch_size / seconds

@@ -8,7 +8,8 @@ falls below round((1 - p) * 2**16), so the keep probability is 1 - p to within 2
 SFC64 is seeded with one draw from torch's default CPU generator, so torch.manual_seed and a saved
 torch RNG state replay the same masks: there is no second RNG state to save.
 
-On CUDA, and whenever dropout is off, everything here defers to torch (fused Philox dropout,
+On CUDA, under torch.compile (the cheap mask's host-side draw would split the compiled graph at
+every dropout), and whenever dropout is off, everything here defers to torch (fused Philox dropout,
 scaled_dot_product_attention).
 """
 import contextlib
@@ -37,8 +38,8 @@ def keep_mask(shape, p, dtype=torch.bool):
 
 def dropout(x, p, training=True):
     """nn.functional.dropout, with the cheap mask when x is on the CPU."""
-    if not training or p == 0.0 or x.device.type != "cpu":
-        return nn.functional.dropout(x, p, training)
+    if not training or p == 0.0 or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return nn.functional.dropout(x, p, training)  # compiled: torch's, which the compiler fuses
     if p == 1.0:
         return x * 0.0
     scale = keep_mask(x.shape, p, x.dtype).mul_(1.0 / (1.0 - p))  # the backward multiplies by it too
@@ -61,7 +62,7 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     the same computation with the cheap mask. BERT never masks a whole row ([CLS] is always attended),
     so the plain softmax is safe.
     """
-    if module.training and 0.0 < dropout < 1.0 and query.device.type == "cpu":
+    if module.training and 0.0 < dropout < 1.0 and query.device.type == "cpu" and not torch.compiler.is_compiling():
         return math_attention(query, key, value, attention_mask, dropout, scaling), None
     return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 

@@ -8,7 +8,8 @@ BERT: texts are tokenized in batches by the Rust WordPiece tokenizer, then trunc
 seed's `truncate_seq_pair` does (pop the last token of the longer sequence, of the second one on
 ties). Other encoders (ModelTokenizer): the model's fast tokenizer adds its special tokens
 (RoBERTa: <s> a </s></s> b </s>) and truncates the longer text ('longest_first'). Features are kept
-unpadded; `collate` pads each batch to its own longest row.
+unpadded; DeviceFeatures pads a split once on the device the model runs on, and cuts each batch to
+its own longest row (or a length bucket).
 
 Featurized splits are cached on disk, keyed by everything that changes the ids: the data file's
 content, the task and split, the tokenizer (BERT: vocabulary and casing; others: the tokenizer's
@@ -24,6 +25,7 @@ import os
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import BertTokenizer
 
 from stilts.errors import StiltsError
@@ -158,24 +160,75 @@ def seed_encode(tokenizer, texts_a, texts_b, max_seq_length):
 def collate(features, indices, pad_to=None):
     """Tensors for a batch, padded to its longest row (or to `pad_to`, the seed's fixed padding);
     multiple choice: (examples, choices, width)."""
-    row_numbers = features.rows(indices)
-    rows = [features.input_ids[r] for r in row_numbers]
-    width = pad_to or max(len(r) for r in rows)
-    input_ids = np.zeros((len(rows), width), dtype=np.int64)
-    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
-    for j, row in enumerate(rows):
-        input_ids[j, :len(row)] = row
-        attention_mask[j, :len(row)] = 1
-    positions = np.arange(width)[None, :]
-    seg_a = features.segment_a_lengths[row_numbers][:, None]
-    token_type_ids = ((positions >= seg_a) & (attention_mask == 1)).astype(np.int64)
-    shape = (len(indices), features.choices, width) if features.choices > 1 else (len(rows), width)
-    return {
-        "input_ids": torch.from_numpy(input_ids.reshape(shape)),
-        "attention_mask": torch.from_numpy(attention_mask.reshape(shape)),
-        "token_type_ids": torch.from_numpy(token_type_ids.reshape(shape)),
-        "labels": torch.from_numpy(features.labels[indices]),
-    }
+    indices = np.asarray(indices, dtype=np.int64)
+    on_cpu = DeviceFeatures(features.subset(indices), torch.device("cpu"), pad_to=pad_to)
+    return on_cpu.batch(np.arange(len(indices)), torch.arange(len(indices)))
+
+
+def padded_width(longest, multiple_of, cap):
+    """The width a batch is padded to: its longest row rounded up to a multiple (a length bucket),
+    never past `cap` (max_seq_length: the rows are no longer, the position embeddings may be no more)."""
+    return min(-(-int(longest) // multiple_of) * multiple_of, max(cap, int(longest)))
+
+
+class DeviceFeatures:
+    """A split's inputs padded once and kept on the device the model runs on: a batch is cut out
+    there, with no collating on the host and no copy per step.
+
+    A batch's width is decided on the host from the lengths (no wait for the device): its longest row,
+    rounded up to `multiple_of` (length buckets, a bounded set of shapes for compiled code and CUDA
+    graphs), or `pad_to` for the seed's fixed padding. Example indices reach the device through
+    `upload`, once per epoch, from pinned memory on a GPU: a copy from pageable memory would make
+    the host wait for the device.
+    """
+
+    def __init__(self, features, device, pad_to=None, multiple_of=1, cap=None):
+        self.device = device
+        self.lengths = features.lengths  # per example, on the host
+        self.choices = features.choices
+        self.pad_to, self.multiple_of = pad_to, multiple_of
+        self.cap = cap or pad_to or int(self.lengths.max(initial=1))
+        row_lengths = np.fromiter(map(len, features.input_ids), dtype=np.int64, count=len(features.input_ids))
+        ids = np.zeros((len(row_lengths), int(row_lengths.max(initial=1))), dtype=np.int32)
+        ids[np.arange(ids.shape[1])[None, :] < row_lengths[:, None]] = np.concatenate(
+            [*features.input_ids, np.zeros(0, np.int64)])
+        self.ids = torch.from_numpy(ids).to(device)  # int32: half the memory; int64 per batch
+        self.row_lengths = torch.from_numpy(row_lengths).to(device)
+        self.segment_a_lengths = torch.from_numpy(features.segment_a_lengths).to(device)
+        self.labels = torch.from_numpy(features.labels).to(device)
+
+    def upload(self, indices):
+        """Example indices (host) as a tensor on the device: slices of it pick batches."""
+        indices = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
+        if self.device.type == "cuda":
+            indices = indices.pin_memory()
+        return indices.to(self.device, non_blocking=True)
+
+    def width(self, indices):
+        """The padded width of the batch of these examples (host indices)."""
+        return self.pad_to or padded_width(self.lengths[indices].max(), self.multiple_of, self.cap)
+
+    def batch(self, indices, on_device):
+        """The tensors of the batch of these examples: `indices` on the host, `on_device` the same
+        indices on the device (a slice of what `upload` returned)."""
+        width = self.width(indices)
+        rows = on_device
+        if self.choices > 1:
+            rows = (on_device[:, None] * self.choices + torch.arange(self.choices, device=self.device)).reshape(-1)
+        stored = min(width, self.ids.shape[1])
+        input_ids = self.ids[:, :stored].index_select(0, rows).long()
+        if width > stored:  # fixed padding past the split's longest row
+            input_ids = nn.functional.pad(input_ids, (0, width - stored))
+        positions = torch.arange(width, device=self.device)
+        attention_mask = positions < self.row_lengths[rows, None]
+        token_type_ids = (positions >= self.segment_a_lengths[rows, None]) & attention_mask
+        shape = (len(indices), self.choices, width) if self.choices > 1 else (len(rows), width)
+        return {
+            "input_ids": input_ids.reshape(shape),
+            "attention_mask": attention_mask.long().reshape(shape),
+            "token_type_ids": token_type_ids.long().reshape(shape),
+            "labels": self.labels[on_device],
+        }
 
 
 def _tokenizer_identity(tokenizer):

@@ -77,7 +77,12 @@ class TrainSettings:
     fp16: bool = setting("float16 autocast with a gradient scaler", False)
     loss_scale: float = setting("fp16: 0 = dynamic loss scaling, > 0 = this fixed starting scale", 0)
     bf16: bool = setting("bfloat16 autocast (CPUs with AVX512-BF16 or AMX, Ampere and newer GPUs)", False)
-    torch_compile: bool = setting("run the model through torch.compile", False)
+    torch_compile: bool = setting("run the model through torch.compile (on one GPU with CUDA graphs, one per "
+                                  "batch shape); pays on long GPU runs, compiling takes a minute or more", False)
+    pad_to_multiple_of: Optional[int] = setting("round each batch's padded width up to a multiple of this: length "
+                                                "buckets, a bounded set of batch shapes (default 32 with "
+                                                "--torch_compile, else 1: each batch padded to its longest row)",
+                                                None)
     pad_to_max_length: bool = setting("the seed's fixed padding to --max_seq_length and random batches "
                                       "(slower; for comparison)", False)
     no_group_by_length: bool = setting("plain random batches instead of length-grouped ones", False)
@@ -104,6 +109,11 @@ class TrainSettings:
     @property
     def group_by_length(self):
         return not (self.no_group_by_length or self.pad_to_max_length)
+
+    @property
+    def width_multiple(self):
+        """What batch widths are rounded up to: compiled code and CUDA graphs are made per shape."""
+        return self.pad_to_multiple_of or (32 if self.torch_compile else 1)
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ from stilts import distributed, speedups
 from stilts.checkpoints import make_checkpoint
 from stilts.cpu import warn_if_slow_bf16
 from stilts.errors import CannotResume, NonFiniteTraining
-from stilts.features import collate
+from stilts.features import DeviceFeatures
 from stilts.io import save_checkpoint
 from stilts.metrics import compute_metrics
 from stilts.modeling import loss_fn, unwrap
@@ -127,7 +127,17 @@ class Trainer:
             growth_interval=2 ** 31 - 1 if settings.loss_scale else 2000)
         # `compiled` runs evaluation; `wrapped` (DDP around it) runs training. Evaluating through DDP
         # would broadcast buffers on every forward and hang when ranks score different batch counts.
-        self.compiled = torch.compile(self.model, dynamic=True) if settings.torch_compile else self.model
+        # On one GPU, compiled code runs as CUDA graphs ("reduce-overhead"), recorded once per batch
+        # shape (length buckets keep those few) and replayed in one launch each: a step of a small
+        # model is otherwise hundreds of kernel launches the host issues one by one. No graphs under
+        # DDP (its gradient hooks run between kernels) or with gradient accumulation (a replay would
+        # write over the gradients the last micro batch left).
+        self.cuda_graphs = (settings.torch_compile and ctx.device.type == "cuda" and not ctx.enabled
+                            and settings.gradient_accumulation_steps == 1)
+        self.compiled = self.model
+        if settings.torch_compile:
+            self.compiled = torch.compile(self.model, dynamic=True,
+                                          mode="reduce-overhead" if self.cuda_graphs else None)
         self.wrapped = self.compiled
         if ctx.enabled:
             device_ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
@@ -138,6 +148,7 @@ class Trainer:
         self.steps_per_epoch = self.total_steps = None
         self.last_validation = None  # the dev scores after the last epoch trained, for --do_val_history
         self.window = StepWindow(ctx.device)
+        self.device_splits = {}  # id(features) -> (features, DeviceFeatures): each split is uploaded once
         self.reporter = None
         self.global_step = 0  # the optimizer steps the weights have taken (the curves' x axis)
 
@@ -147,11 +158,18 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
 
-    def _batch(self, features, indices):
-        pad_to = self.max_seq_length if self.settings.pad_to_max_length else None
-        return {k: v.to(self.ctx.device, non_blocking=True) for k, v in collate(features, indices, pad_to).items()}
+    def _device_split(self, features):
+        """The split's DeviceFeatures, made at its first use."""
+        if id(features) not in self.device_splits:  # the entry holds `features`: its id stays its own
+            pad_to = self.max_seq_length if self.settings.pad_to_max_length else None
+            self.device_splits[id(features)] = (features, DeviceFeatures(
+                features, self.ctx.device, pad_to=pad_to, multiple_of=self.settings.width_multiple,
+                cap=self.max_seq_length))
+        return self.device_splits[id(features)][1]
 
     def _forward(self, model, batch):
+        if self.cuda_graphs:  # a new step: the graphs may reuse the memory of the last one's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():
             return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
@@ -209,14 +227,17 @@ class Trainer:
         self._examples_since, self._since = 0, started
         epochs_bar = tqdm(total=math.ceil(total_steps / steps_per_epoch), desc="Epoch", disable=not show,
                           initial=position["epoch"])
+        data = self._device_split(features)
         self.wrapped.train()
         while position["global_step"] < total_steps:
             epoch = position["epoch"]
             batches = epoch_batches(lengths, cfg.train_batch_size, cfg.seed, epoch, cfg.group_by_length)
+            order = data.upload(np.concatenate(batches))  # the epoch's batches, one after another
+            starts = np.cumsum([0] + [len(b) for b in batches])
             last_batch = min(len(batches), position["batch"] + total_steps - position["global_step"])
             steps_bar = tqdm(range(position["batch"], last_batch), desc="Training", leave=False, disable=not show)
             for b in steps_bar:
-                self._train_step(features, batches[b], position)
+                self._train_step(data, batches[b], order[starts[b]:starts[b + 1]], position)
                 position["global_step"] += 1
                 position["batch"] = b + 1
                 self.global_step = position["global_step"]
@@ -244,18 +265,52 @@ class Trainer:
         self.train_seconds = time.perf_counter() - started
         return history
 
-    def _train_step(self, features, global_indices, position):
-        """One optimizer step over a global batch; its loss and gradient norm go into self.window."""
+    def train_step(self, features, indices, position):
+        """One optimizer step over these examples of `features` (benchmarks and tests: train() uploads
+        each epoch's indices once)."""
+        data = self._device_split(features)
+        self._train_step(data, indices, data.upload(indices), position)
+
+    def warm_up(self, features, val_features=None):
+        """Compile the model and record its CUDA graphs for each batch shape of training on `features`
+        (one process, no accumulation) and of scoring `val_features`, leaving the weights and the
+        random state as they were: a benchmark then times the steady state (--torch_compile)."""
+        cfg, cuda = self.settings, self.ctx.device.type == "cuda"
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(self.ctx.device) if cuda else None
+        data = self._device_split(features)
+        shapes = {}
+        for epoch in range(math.ceil(cfg.num_train_epochs)):
+            for indices in epoch_batches(features.lengths, cfg.train_batch_size, cfg.seed, epoch, cfg.group_by_length):
+                shapes.setdefault((len(indices), data.width(indices)), indices)
+        try:
+            self.wrapped.train()
+            for indices in shapes.values():
+                batch = data.batch(indices, data.upload(indices))
+                for _ in range(3):  # CUDA graph trees run a new shape once, record it, then replay it
+                    logits = self._forward(self.wrapped, batch)
+                    loss_fn(logits, batch["labels"], unwrap(self.model).regression).backward()
+                    self.model.zero_grad(set_to_none=True)
+            for _ in range(2 if val_features is not None else 0):
+                self.predict(val_features, desc="Warming up")
+        finally:
+            torch.set_rng_state(cpu_rng)
+            if cuda:
+                torch.cuda.set_rng_state(cuda_rng, self.ctx.device)
+
+    def _train_step(self, data, global_indices, on_device, position):
+        """One optimizer step over a global batch (example indices on the host, and the same on the
+        device); its loss and gradient norm go into self.window."""
         cfg, ctx = self.settings, self.ctx
         n_global = len(global_indices)
-        micro_batches = np.array_split(global_indices, cfg.gradient_accumulation_steps)
+        micro_batches = np.array_split(np.arange(n_global), cfg.gradient_accumulation_steps)
         loss_sum = torch.zeros((), device=ctx.device)
         for m, micro in enumerate(micro_batches):
-            mine = np.array_split(micro, ctx.world_size)[ctx.rank]
+            mine = np.array_split(micro, ctx.world_size)[ctx.rank]  # positions in the batch: a contiguous run
             weight = 1.0
             if len(mine) == 0:  # fewer examples than slices: run one with zero weight to keep DDP in step
-                mine, weight = global_indices[:1], 0.0
-            batch = self._batch(features, mine)
+                mine, weight = np.arange(1), 0.0
+            batch = data.batch(global_indices[mine], on_device[mine[0]:mine[-1] + 1])
             sync_now = m == len(micro_batches) - 1
             no_sync = self.wrapped.no_sync() if ctx.enabled and not sync_now else contextlib.nullcontext()
             with no_sync:
@@ -369,13 +424,18 @@ class Trainer:
             order = np.argsort(-features.lengths, kind="stable")
         batches = np.split(order, range(cfg.eval_batch_size, len(order), cfg.eval_batch_size))
         mine = batches[ctx.rank::ctx.world_size]
+        data = self._device_split(features)
+        on_device = data.upload(np.concatenate([np.zeros(0, np.int64), *mine]))
+        starts = np.cumsum([0] + [len(b) for b in mine])
         model = self.compiled
         model.eval()
         results, loss_sum = [], torch.zeros((), device=ctx.device)
         with torch.inference_mode():
-            for indices in tqdm(mine, desc=desc, leave=False, disable=not (ctx.is_main and self.verbose)):
-                batch = self._batch(features, indices)
+            for b, indices in enumerate(tqdm(mine, desc=desc, leave=False, disable=not (ctx.is_main and self.verbose))):
+                batch = data.batch(indices, on_device[starts[b]:starts[b + 1]])
                 logits = self._forward(model, batch).float()
+                if self.cuda_graphs:  # the next replay writes over the graph's output
+                    logits = logits.clone()
                 loss_sum += loss_fn(logits, batch["labels"], unwrap(self.model).regression, reduction="sum")
                 results.append((indices, logits))  # kept on the device: no host sync per batch
         results = [(indices, logits.cpu().numpy()) for indices, logits in results]

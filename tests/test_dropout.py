@@ -134,3 +134,17 @@ def test_speed_paths_are_called_and_one_switch_turns_them_off(tiny_bert_dir, mon
     embedding = plain.bert.embeddings.word_embeddings
     reuse_gradient_buffer(embedding)
     assert not embedding.sparse, "the kept gradient buffer is off too"
+
+
+def test_compiled_training_forward_is_one_graph(tiny_bert_dir):
+    """Under torch.compile the cheap mask gives way to torch's dropout: its host-side draw would split
+    the compiled graph at every dropout (and CUDA graphs need one graph)."""
+    torch.manual_seed(0)
+    model = build_model(ModelSource(tiny_bert_dir).config(), get_task("rte")).train()
+    assert model.bert.config.hidden_dropout_prob > 0 and model.bert.config.attention_probs_dropout_prob > 0
+    ids = torch.randint(1000, 2000, (4, 24))
+    mask = torch.ones_like(ids)
+    mask[0, 12:] = 0  # padding: the masked attention path
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(ids, mask, torch.zeros_like(ids))
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons[:1]

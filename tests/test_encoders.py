@@ -6,6 +6,7 @@ not fit, the speed paths against fixed padding, token types, adapters where the 
 BERT itself is held to the seed by the other test files.
 """
 import copy
+import functools
 import json
 import os
 import shutil
@@ -350,42 +351,58 @@ def without_dropout(folder):
     return config
 
 
-def test_speed_paths_give_what_fixed_padding_gives(arch, encoder_dirs, tmp_path):
-    """Sorted per-batch-padded evaluation gives the logits of fixed padding to --max_seq_length, and one
-    training step on a batch padded either way gives the same weights."""
-    source = ModelSource(encoder_dirs[arch])
+def check_speed_paths(arch_dir, arch, tmp_path, paths):
+    """Sorted evaluation by each of `paths` ({name: settings}) gives the logits of fixed padding to
+    --max_seq_length, and one training step on the same batch gives the same weights."""
+    source = ModelSource(arch_dir)
     torch.manual_seed(0)
-    model = build_model(without_dropout(encoder_dirs[arch]), RTE)
+    model = build_model(without_dropout(arch_dir), RTE)
     torch.nn.init.normal_(output_layer(model).weight, std=3.0)  # logits that differ between examples
     features = load_features(RTE, "dev", RTE_DIR, source.tokenizer(False), MAX_LEN)
     features = features.subset(np.argsort(features.lengths)[::2])  # every other length: half the work
     assert features.lengths.max() == MAX_LEN and features.lengths.min() < MAX_LEN // 2
 
-    def trainer(pad):
-        settings = TrainSettings(eval_batch_size=8, learning_rate=1e-3, seed=3, pad_to_max_length=pad)
+    def trainer(pad, **speed):
+        settings = TrainSettings(eval_batch_size=8, learning_rate=1e-3, seed=3, pad_to_max_length=pad, **speed)
         return Trainer(copy.deepcopy(model), RTE, settings, DistContext(), str(tmp_path), run_args={},
                        max_seq_length=MAX_LEN, verbose=False)
 
     fixed_logits, fixed_loss = trainer(True).predict(features)
-    dynamic = trainer(False)
-    logits, loss = dynamic.predict(features)
-    np.testing.assert_allclose(logits, fixed_logits, rtol=1e-4, atol=1e-5)
-    assert loss == pytest.approx(fixed_loss, rel=1e-5) and np.ptp(logits[:, 0]) > 1e-3
+    for path, speed in paths.items():
+        fast = trainer(False, **speed)
+        logits, loss = fast.predict(features)
+        np.testing.assert_allclose(logits, fixed_logits, rtol=1e-4, atol=1e-5, err_msg=path)
+        assert loss == pytest.approx(fixed_loss, rel=1e-5) and np.ptp(logits[:, 0]) > 1e-3
     expected = "eager" if arch == "deberta-v2" else "stilts_sdpa"  # DeBERTa: its own attention, as built
-    assert dynamic.model.config._attn_implementation == expected
+    assert fast.model.config._attn_implementation == expected
 
     batch = np.flatnonzero(features.lengths < 100)[:6]
-    updated = []
-    for pad in (True, False):
-        t = trainer(pad)
+    updated = {}
+    for path, (pad, speed) in {"fixed": (True, {}), **{path: (False, speed) for path, speed in paths.items()}}.items():
+        t = trainer(pad, **speed)
         t._make_optimizer(total_steps=1)
         t.wrapped.train()
-        t._train_step(features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
-        updated.append(dict(t.model.named_parameters()))
-    for name, before in model.named_parameters():
-        torch.testing.assert_close(updated[1][name].detach(), updated[0][name].detach(), rtol=1e-5, atol=1e-6,
-                                   msg=name)
-    assert not torch.equal(updated[1][name], before)
+        t.train_step(features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
+        updated[path] = dict(t.model.named_parameters())
+    for path in paths:
+        for name, before in model.named_parameters():
+            torch.testing.assert_close(updated[path][name].detach(), updated["fixed"][name].detach(), rtol=1e-5,
+                                       atol=1e-6, msg=f"{path}: {name}")
+    assert not torch.equal(updated["fixed"][name], before)
+
+
+def test_speed_paths_give_what_fixed_padding_gives(arch, encoder_dirs, tmp_path):
+    """Per-batch padding, and length buckets (widths rounded up to a multiple of 16)."""
+    check_speed_paths(encoder_dirs[arch], arch, tmp_path, {"per batch": {}, "buckets": {"pad_to_multiple_of": 16}})
+
+
+@pytest.mark.slow  # see conftest.py
+def test_compiled_model_gives_what_fixed_padding_gives(arch, encoder_dirs, tmp_path, monkeypatch):
+    """--torch_compile: the model traces into one graph each for training and evaluation (fullgraph),
+    run here by AOTAutograd's eager backend (inductor's own code: test_speed_paths.py, for BERT)."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager", fullgraph=True))
+    torch._dynamo.reset()  # each architecture is new code to trace, not a recompilation of the last one's
+    check_speed_paths(encoder_dirs[arch], arch, tmp_path, {"compiled": {"torch_compile": True}})
 
 
 # ----------------------------------------------------------------------------- adapters

@@ -63,14 +63,14 @@ def make_trainer(model, tmp_path, **overrides):
 def spy_on_widths(monkeypatch):
     """Record the padded width of every batch the trainer builds."""
     widths = []
-    real_collate = features_module.collate
+    real_batch = features_module.DeviceFeatures.batch
 
-    def collate(features, indices, pad_to=None):
-        batch = real_collate(features, indices, pad_to)
-        widths.append(batch["input_ids"].shape[1])
-        return batch
+    def batch(self, indices, on_device):
+        tensors = real_batch(self, indices, on_device)
+        widths.append(tensors["input_ids"].shape[1])
+        return tensors
 
-    monkeypatch.setattr("stilts.trainer.collate", collate)
+    monkeypatch.setattr(features_module.DeviceFeatures, "batch", batch)
     return widths
 
 
@@ -131,7 +131,7 @@ def test_one_step_on_the_same_batch_gives_the_same_weights(model, dev_features, 
         trainer = make_trainer(model, tmp_path, pad_to_max_length=pad)
         trainer._make_optimizer(total_steps=1)
         trainer.wrapped.train()
-        trainer._train_step(dev_features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
+        trainer.train_step(dev_features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
         updated.append(dict(trainer.model.named_parameters()))
     assert widths == [MAX_LEN, lengths.max()]
     start = dict(model.named_parameters())
@@ -141,6 +141,49 @@ def test_one_step_on_the_same_batch_gives_the_same_weights(model, dev_features, 
         torch.testing.assert_close(dynamic, fixed, rtol=1e-5, atol=1e-6, msg=name)
         moved += int(not torch.equal(fixed, before.detach()))
     assert moved > len(start) // 2  # the step did update the weights
+
+
+def test_length_buckets_bound_the_shapes_and_change_nothing(model, dev_features, tmp_path, monkeypatch):
+    """--pad_to_multiple_of 32: every batch is 32, 64, 96 or 128 wide, and two epochs of training then
+    scoring give what exact per-batch padding gives (the model has no dropout)."""
+    widths = spy_on_widths(monkeypatch)
+    train = dev_features.subset(np.arange(24))
+    results = {}
+    for multiple in (1, 32):
+        widths.clear()
+        trainer = make_trainer(model, tmp_path, train_batch_size=4, num_train_epochs=2, pad_to_multiple_of=multiple)
+        trainer.train(train)
+        results[multiple] = trainer.predict(dev_features)[0], dict(trainer.model.named_parameters())
+        if multiple == 32:
+            assert set(widths) <= {32, 64, 96, 128} and len(set(widths)) > 1
+        else:
+            assert len(set(widths)) > 4 and set(widths) - {32, 64, 96, 128}  # exact widths: many shapes
+    np.testing.assert_allclose(results[32][0], results[1][0], rtol=1e-4, atol=1e-5)
+    for name, weight in results[1][1].items():
+        torch.testing.assert_close(results[32][1][name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    assert TrainSettings(torch_compile=True).width_multiple == 32 and TrainSettings().width_multiple == 1
+
+
+@pytest.mark.slow  # see conftest.py: compiling takes about a minute on 2 cores
+def test_compiled_training_gives_eager_results_with_two_graphs(model, dev_features, tmp_path, monkeypatch):
+    """--torch_compile through inductor, as a user runs it on a CPU: two epochs and scoring give eager's
+    weights and logits; one graph for training and one for evaluation, whatever the batch widths, and
+    (length buckets by default) at most four widths."""
+    widths = spy_on_widths(monkeypatch)
+    train = dev_features.subset(np.arange(24))
+    results = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        widths.clear()
+        trainer = make_trainer(model, tmp_path, train_batch_size=4, num_train_epochs=2, torch_compile=compiled)
+        trainer.train(train)
+        results[compiled] = trainer.predict(dev_features)[0], dict(trainer.model.named_parameters())
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    assert set(widths) <= {32, 64, 96, 128} and len(set(widths)) > 1
+    np.testing.assert_allclose(results[True][0], results[False][0], rtol=1e-4, atol=1e-5)
+    for name, weight in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], weight, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_the_host_waits_for_the_device_only_at_its_checks(model, dev_features, tmp_path, monkeypatch):
@@ -276,6 +319,45 @@ def test_gpu_throughput_smoke_on_cpu(tiny_bert_dir, tmp_path):
     (by_precision,) = json.loads(out.read_text())["results"].values()
     assert set(by_precision) == {"fp32", "bf16"}
     assert all(r["train_examples_per_s"] > 0 for r in by_precision.values())
+
+
+@pytest.mark.slow  # see conftest.py: about 3 minutes on 2 cores
+def test_gpu_speed_smoke_runs_every_part_on_cpu(tmp_path):
+    """The prepared GPU run (scripts/gpu_speed.py) with a tiny BERT on the CPU: every part ends, the
+    speed paths agree with fixed padding, and the benchmark tables hold every variant."""
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "gpu_speed.py"), "--smoke", "--out",
+                             str(out), "--budget_s", "3600"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parts = json.loads((out / "gpu_speed.json").read_text())
+    assert list(parts) == ["environment", "equivalence", "benchmark_bf16", "large", "benchmark_fp32"]
+    assert not [name for name, part in parts.items() if "error" in part or "skipped" in part]
+    for precision, tolerance in (("fp32", 1e-4), ("bf16", 2e-2)):
+        differences = parts["equivalence"]["relative_difference"][precision]
+        assert set(differences) == {"per batch", "buckets of 32", "compiled"}
+        assert all(d["logits_rel"] < tolerance and d["update_rel"] < tolerance for d in differences.values()), \
+            differences
+    for precision in ("bf16", "fp32"):
+        report = parts[f"benchmark_{precision}"][f"tiny/rte/{precision}"]
+        assert set(report["variants"]) == set(benchmark_variants()) and "compiled_error" not in report
+        assert {r["precision"] for r in report["variants"].values()} == {precision}  # the Trainer's too
+        assert report["variants"]["stilts_compiled"]["compile_s"] > 0
+        assert report["ratios"]["stilts_compiled"]["train"]["hf_trainer_grouped"] > 0
+    for path in ("eager", "compiled"):
+        large = parts["large"][path]
+        assert large["train_examples_per_s"] > 0 and large["share_of_bf16_peak"] > 0
+        assert sum(large["profile"]["kernel_share"].values()) == pytest.approx(1.0)
+        assert (out / f"large_profile_{path}.txt").stat().st_size > 0
+    assert "BERT-large" in (out / "gpu_speed.md").read_text()
+
+
+def benchmark_variants():
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    try:
+        import benchmark
+    finally:
+        sys.path.pop(0)
+    return benchmark.VARIANTS
 
 
 def test_kept_embedding_gradient_buffer_gives_torchs_gradient():

@@ -45,7 +45,7 @@ ADAPTER_CONFIGS = {name: resources.data_path("configs", f"{name}-adapter.json")
 EXECUTION_ONLY = {"output_dir", "bert_load_path", "force_overwrite", "not_verbose", "print_trainable_params",
                   "local_rank", "no_cuda", "eval_batch_size", "features_cache_dir", "no_features_cache",
                   "do_test", "do_save", "bert_save_mode", "train_save_every", "do_val_history", "torch_compile",
-                  "logging_steps", "report_to"}
+                  "pad_to_multiple_of", "logging_steps", "report_to"}
 
 
 # ---------------------------------------------------------------------------------------------

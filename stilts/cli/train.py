@@ -83,6 +83,7 @@ NUMBER_RULES = [
     ("train_examples_number", lambda v: v is None or v >= 1, "at least 1"),
     ("train_save_every", lambda v: v is None or v >= 1, "at least 1 (steps between checkpoints)"),
     ("logging_steps", lambda v: v >= 1, "at least 1"),
+    ("pad_to_multiple_of", lambda v: v is None or v >= 1, "at least 1"),
     ("seed", lambda v: v == -1 or 0 <= v < 2 ** 32, "-1 (draw one) or from 0 to 2**32 - 1"),
 ]
 
