@@ -97,6 +97,16 @@ class StepWindow:
         return loss, grad_norm, (int(step), what, value)
 
 
+def uses_cuda_graphs(settings, ctx):
+    """Whether compiled code runs as CUDA graphs ("reduce-overhead"): recorded once per batch shape
+    (length buckets keep those few) and replayed in one launch each, where a step of a small model is
+    otherwise hundreds of kernel launches the host issues one by one. On one GPU only: not under DDP
+    (its gradient hooks run between kernels) nor with gradient accumulation (a replay would write
+    over the gradients the last micro batch left)."""
+    return (settings.torch_compile and ctx.device.type == "cuda" and not ctx.enabled
+            and settings.gradient_accumulation_steps == 1)
+
+
 class Trainer:
     """Trains and scores one model as `settings` (stilts.settings.TrainSettings, seed drawn) say.
 
@@ -127,13 +137,7 @@ class Trainer:
             growth_interval=2 ** 31 - 1 if settings.loss_scale else 2000)
         # `compiled` runs evaluation; `wrapped` (DDP around it) runs training. Evaluating through DDP
         # would broadcast buffers on every forward and hang when ranks score different batch counts.
-        # On one GPU, compiled code runs as CUDA graphs ("reduce-overhead"), recorded once per batch
-        # shape (length buckets keep those few) and replayed in one launch each: a step of a small
-        # model is otherwise hundreds of kernel launches the host issues one by one. No graphs under
-        # DDP (its gradient hooks run between kernels) or with gradient accumulation (a replay would
-        # write over the gradients the last micro batch left).
-        self.cuda_graphs = (settings.torch_compile and ctx.device.type == "cuda" and not ctx.enabled
-                            and settings.gradient_accumulation_steps == 1)
+        self.cuda_graphs = uses_cuda_graphs(settings, ctx)
         self.compiled = self.model
         if settings.torch_compile:
             self.compiled = torch.compile(self.model, dynamic=True,
