@@ -20,6 +20,7 @@ BAD_FLAGS = [
     (["--max_grad_norm=-1"], "--max_grad_norm -1.0: must be a number >= 0"),
     (["--train_examples_number", "0"], "--train_examples_number 0: must be at least 1"),
     (["--train_save_every", "0"], "--train_save_every 0: must be at least 1"),
+    (["--pad_to_multiple_of", "0"], "--pad_to_multiple_of 0: must be at least 1"),
     (["--max_seq_length", "2"], "--max_seq_length 2: rte inputs are [CLS] a [SEP] b [SEP], which needs at least 5"),
     (["--max_seq_length", "4"], "--max_seq_length 4: rte inputs are [CLS] a [SEP] b [SEP]"),
     (["--max_seq_length", "513"], "has position embeddings for 512 tokens (max_position_embeddings"),
