@@ -19,8 +19,9 @@ from stilts.io import atomic_write, read_json, write_json
 DEGENERATE_TOLERANCE = 1e-9  # "at or below the baseline", robust to float rounding
 
 
-def majority_baselines(args):
-    """Each target's dev metric when always predicting the most frequent training label."""
+def majority_baselines(args, examples):
+    """Each target's dev metric when always predicting the most frequent training label; `examples`
+    holds the study's splits as stilts-run read them, {(task name, split, folder): examples}."""
     from stilts.metrics import majority_baseline  # scikit-learn and SciPy: after parsing
     from stilts.tasks import resolve_data_dir
 
@@ -30,8 +31,8 @@ def majority_baselines(args):
         folder = resolve_data_dir(task, glue_dir=args.glue_dir)
         # Label ids, as the trainer scores them: the TSVs' label strings ('0'/'1' for MRPC and QQP)
         # are not the positive label 1 that F1 needs.
-        train_labels = task.label_ids(task.read("train", folder))
-        dev_labels = task.label_ids(task.read("dev", folder))
+        train_labels = task.label_ids(examples[task.name, "train", folder])
+        dev_labels = task.label_ids(examples[task.name, "dev", folder])
         out[target] = majority_baseline(task, train_labels, dev_labels)[task.metric]
     return out
 

@@ -293,7 +293,10 @@ def test_summary_for_every_glue_task_with_its_real_label_strings(tmp_path):
     args = argparse.Namespace(intermediate="mnli", targets=list(GLUE_TASKS), glue_dir=FIXTURES,
                               output_dir=str(tmp_path), no_test=True,
                               tasks={name: get_task(name) for name in ["mnli", *GLUE_TASKS]})
-    baselines = study_summary.majority_baselines(args)
+    folders = {name: os.path.join(FIXTURES, get_task(name).folder) for name in GLUE_TASKS}
+    examples = {(name, split, folder): get_task(name).read(split, folder)
+                for name, folder in folders.items() for split in ("train", "dev")}
+    baselines = study_summary.majority_baselines(args, examples)
     runs = []
     for target in GLUE_TASKS:
         task = get_task(target)

@@ -333,8 +333,12 @@ def plan(args, passthrough):
 
 
 def check_before_training(args, runs):
-    """Every data file (each row of it), flag and finished run is checked before the first run starts."""
+    """Every data file (each row of it), flag and finished run is checked before the first run starts.
+    Each split the runs will read is read here once, so that a bad row stops the study in one line,
+    not a run hours in (where trying again would not help); returns their examples,
+    {(task name, split, folder): examples}."""
     check_writable_folder(args.output_dir, "--output_dir")
+    splits = {}
     for run in runs:
         settings = train_cli.build_parser().parse_args(run.argv + ["--force-overwrite"])
         if settings.bert_load_path and not os.path.isfile(settings.bert_load_path):  # stage A writes it
@@ -342,21 +346,10 @@ def check_before_training(args, runs):
         train_cli.check_args(settings)
         if run.finished():
             check_same_settings(run)
-    read_every_split(args, runs)
-
-
-def read_every_split(args, runs):
-    """Read each split the study's runs will read once: a bad row stops the study here, in one line,
-    not a run hours in (where trying again would not help)."""
-    wanted = {}
-    for run in runs:
-        settings = train_cli.build_parser().parse_known_args(run.argv)[0]
-        task = args.tasks[run.task]
-        for split in run_splits(task, settings.data_dir, settings.mnli_mm_data_dir, train=True, dev=True,
-                                test=settings.do_test):
-            wanted[split.task.name, split.split, split.folder] = split
-    for split in wanted.values():
-        split.task.read(split.split, split.folder)
+        for split in run_splits(args.tasks[run.task], settings.data_dir, settings.mnli_mm_data_dir, train=True,
+                                dev=True, test=settings.do_test):
+            splits[split.task.name, split.split, split.folder] = split
+    return {key: split.task.read(split.split, split.folder) for key, split in splits.items()}
 
 
 def check_same_settings(run):
@@ -389,8 +382,8 @@ def main(argv=None):
     from stilts import study_summary  # SciPy: only once the flags are good
 
     stage_a, runs = plan(args, passthrough)
-    check_before_training(args, stage_a + runs)
-    baselines = study_summary.majority_baselines(args)
+    examples = check_before_training(args, stage_a + runs)
+    baselines = study_summary.majority_baselines(args, examples)
     with run_folder.locked(args.output_dir):  # one stilts-run per study folder at a time
         from stilts.launchers import format_seconds, log_path
 
