@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+from typing import Optional
 
 import numpy as np
 import torch
@@ -102,6 +103,7 @@ class Features:
     segment_a_lengths: np.ndarray  # per row, tokens of segment 0 ([CLS] a [SEP]); the rest are segment 1
     labels: np.ndarray         # per example: label ids (int64), scores (float32), or zeros for unlabeled splits
     choices: int = 1
+    unknown_share: Optional[float] = None  # of the word pieces (special tokens aside), the [UNK] ones
 
     def __len__(self):
         return len(self.labels)
@@ -120,7 +122,7 @@ class Features:
     def subset(self, indices):
         rows = self.rows(indices)
         return Features([self.input_ids[r] for r in rows], self.segment_a_lengths[rows], self.labels[indices],
-                        self.choices)
+                        self.choices, self.unknown_share)
 
 
 def featurize(examples, task, tokenizer, max_seq_length):
@@ -134,7 +136,18 @@ def featurize(examples, task, tokenizer, max_seq_length):
         texts_b = [e.text_b for e in examples] if examples[0].text_b is not None else None
     encode = tokenizer.encode if isinstance(tokenizer, ModelTokenizer) else functools.partial(seed_encode, tokenizer)
     input_ids, seg_a = encode(texts_a, texts_b, max_seq_length)
-    return Features(input_ids, seg_a, task.label_ids(examples), choices)
+    return Features(input_ids, seg_a, task.label_ids(examples), choices, unknown_share(input_ids, tokenizer))
+
+
+def unknown_share(input_ids, tokenizer):
+    """The share of [UNK] among the word pieces: a vocabulary that does not fit the texts' casing (a
+    cased text for an uncased BERT) turns every capitalised word into [UNK] (a fifth of RTE's)."""
+    hf = tokenizer.tokenizer if isinstance(tokenizer, ModelTokenizer) else tokenizer
+    if hf.unk_token_id is None or not input_ids:
+        return None
+    ids = np.concatenate(input_ids)
+    pieces = int((~np.isin(ids, [i for i in hf.all_special_ids if i != hf.unk_token_id])).sum())
+    return float((ids == hf.unk_token_id).sum() / pieces) if pieces else None
 
 
 def seed_encode(tokenizer, texts_a, texts_b, max_seq_length):
@@ -260,15 +273,28 @@ def load_features(task, split, data_dir, tokenizer, max_seq_length, cache_dir=No
         cache_path = os.path.join(cache_dir, "features", f"{task.name}-{split}-{key}.pt")
         if os.path.isfile(cache_path):
             try:
-                return _from_arrays(torch.load(cache_path, weights_only=True))
+                features = _from_arrays(torch.load(cache_path, weights_only=True))
             except Exception as e:  # a damaged cache entry is rebuilt, never fatal
                 logger.warning("ignoring unreadable features cache %s (%s)", cache_path, e)
+            else:
+                warn_if_unknown(features, task, split)
+                return features
     features = featurize(task.read(split, data_dir), task, tokenizer, max_seq_length)
+    warn_if_unknown(features, task, split)
     if cache_path:
         os.makedirs(os.path.dirname(cache_path), exist_ok=True)
         with atomic_write(cache_path, "wb") as f:
             torch.save(_to_arrays(features), f)
     return features
+
+
+UNKNOWN_WARNING = 0.01  # well-cased GLUE text with a fitting vocabulary: under 0.01% of its word pieces
+
+
+def warn_if_unknown(features, task, split):
+    if features.unknown_share is not None and features.unknown_share > UNKNOWN_WARNING:
+        logger.warning("%.1f%% of the word pieces of %s %s are [UNK]: the vocabulary does not fit these texts "
+                       "(the casing? see --do_lower_case)", 100 * features.unknown_share, task.name, split)
 
 
 def _to_arrays(features):
@@ -279,10 +305,13 @@ def _to_arrays(features):
         "segment_a_lengths": torch.from_numpy(features.segment_a_lengths),
         "labels": torch.from_numpy(features.labels),
         "choices": torch.tensor(features.choices),
+        **({} if features.unknown_share is None else {"unknown_share": torch.tensor(features.unknown_share)}),
     }
 
 
 def _from_arrays(arrays):
     lengths = arrays["lengths"].numpy()
     ids = np.split(arrays["ids"].numpy(), np.cumsum(lengths)[:-1])
-    return Features(ids, arrays["segment_a_lengths"].numpy(), arrays["labels"].numpy(), int(arrays["choices"]))
+    share = float(arrays["unknown_share"]) if "unknown_share" in arrays else None  # caches made before it: None
+    return Features(ids, arrays["segment_a_lengths"].numpy(), arrays["labels"].numpy(), int(arrays["choices"]),
+                    share)

@@ -10,18 +10,19 @@ import json
 import os
 import random
 import sys
+import time
 
 import numpy as np
 import torch
 
-from stilts import distributed, reporting, run_folder
+from stilts import distributed, pace, reporting, run_folder
 from stilts.checkpoints import HEAD_KEEPING_MODES, load_weights
 from stilts.errors import StiltsError
 from stilts.features import load_features
-from stilts.io import atomic_write, write_json, write_logits_csv
+from stilts.io import write_csv, write_json, write_logits_csv
 from stilts.modeling import ModelSource, build_model, print_trainable_params, warn_if_fp16_overflows
 from stilts.settings import TrainSettings, base_path_from_args, features_cache_dir
-from stilts.tasks import GlueTask, get_task, resolve_data_dir
+from stilts.tasks import GlueTask, get_task
 from stilts.trainer import Trainer
 
 
@@ -34,14 +35,22 @@ def set_seed(args, ctx):
     args.seed = seed
 
 
-def run(args, ctx, task, split_files):
+def run(args, ctx, task, split_files, started=None):
+    """`started`: the command's time.monotonic() at its start, for the run's recorded pace."""
+    started = time.monotonic() if started is None else started
     seed_given = args.seed != -1
     set_seed(args, ctx)
+    from transformers.utils import logging as hf_logging
     if args.not_verbose:  # before any model is loaded: transformers reports loading with warnings and a bar
-        from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity_error()
+    if args.not_verbose or not sys.stderr.isatty():  # a bar's updates in a log file are noise
         hf_logging.disable_progress_bar()
     source = ModelSource(args.bert_model, args.bert_config_json_path, args.bert_vocab_path)
+    lower_case, why = source.casing(args.do_lower_case)
+    if ctx.is_main and not args.not_verbose:
+        print(f"casing: {'lower-cased' if lower_case else 'as written' if lower_case is False else 'the model'}"
+              f" ({why})")
+    args.do_lower_case = bool(lower_case)  # recorded in args.json as the seed's flag: a bool
     tokenizer = source.tokenizer(args.do_lower_case)
     config = source.config()
     if ctx.is_main:
@@ -63,21 +72,45 @@ def run(args, ctx, task, split_files):
         for key, value in vars(args).items():
             print(f"  {key}: {value}")
 
-    splits = load_splits(args, split_files, tokenizer)
+    splits, samples = load_splits(args, split_files, tokenizer)
     trainer = Trainer(model, task, TrainSettings.of(args), ctx, args.output_dir, vars(args),
                       max_seq_length=args.max_seq_length, verbose=not args.not_verbose)
     if args.do_train:  # a checkpoint that cannot resume this run is refused here, before any write
         trainer.prepare(splits["train"], resume=checkpoint if args.bert_load_mode == "state_all" else None)
     # Every input has now been read and checked: only from here on is anything written, and
     # run_status.json says whether the folder's outputs are all this run's.
-    with run_folder.recording(args.output_dir) if ctx.is_main else contextlib.nullcontext():
+    inputs = {f.key: f.digest() for f in split_files}  # recorded when the run finishes
+    with run_folder.recording(args.output_dir, inputs) if ctx.is_main else contextlib.nullcontext():
         if ctx.is_main:
             write_json(os.path.join(args.output_dir, "args.json"), vars(args))
             trainer.reporter = reporting.open_reporter(args.report_to, args.output_dir)
-        write_outputs(args, ctx, trainer, splits)
+        write_outputs(args, ctx, trainer, splits, split_files, samples)
         if trainer.reporter is not None:
             trainer.reporter.close()
+    if ctx.is_main:
+        record_pace(args, ctx, trainer, time.monotonic() - started)
     sys.stdout.flush()
+
+
+def record_pace(args, ctx, trainer, seconds):
+    """This run's pace, for stilts-run's estimates (stilts.pace): a run that trained and scored."""
+    cache_dir = features_cache_dir(args)
+    if not (cache_dir and trainer.train_seconds > 0 and trainer.scored_seconds > 0):
+        return
+    overhead = max(0.0, seconds - trainer.train_seconds - trainer.scored_seconds)
+    with contextlib.suppress(StiltsError):  # a record, not an output: a full disk must not fail the run
+        pace.record(cache_dir, pace_key(args.bert_model, args.max_seq_length, TrainSettings.of(args).precision,
+                                        ctx.device),
+                    pace.Pace(trainer.train_examples / trainer.train_seconds,
+                              trainer.scored_examples / trainer.scored_seconds, overhead))
+
+
+def pace_key(bert_model, max_seq_length, precision, device):
+    """What sets a run's pace (stilts-run builds the same key for its estimate)."""
+    model = os.path.abspath(bert_model) if os.path.isdir(bert_model) else bert_model
+    if device.type == "cuda":  # a GPU's pace does not depend on the CPU threads
+        return pace.PaceKey(model, max_seq_length, precision, torch.cuda.get_device_name(device), 0)
+    return pace.PaceKey(model, max_seq_length, precision, "cpu", torch.get_num_threads())
 
 
 def check_recorded_labels(task, checkpoint, path):
@@ -89,16 +122,18 @@ def check_recorded_labels(task, checkpoint, path):
                           f"{', '.join(task.labels)}: list the checkpoint's labels under 'labels' in the task file")
 
 
-def write_outputs(args, ctx, trainer, splits):
-    """Train, save, score dev and predict test, as the --do_* flags ask."""
+def write_outputs(args, ctx, trainer, splits, split_files, samples):
+    """Train, save, score dev and predict test, as the --do_* flags ask (`samples`: the rows of each
+    sampled dev split)."""
     out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
+    files = {f.key: f for f in split_files}
 
     if args.do_train:
         history = trainer.train(splits["train"], splits.get("dev") if args.do_val_history else None)
         if ctx.is_main:
-            note = ", dev evaluations included" if args.do_val_history else ""
-            print(f"trained {trainer.train_examples} examples in {trainer.train_seconds:.1f} s "
-                  f"({trainer.train_examples / trainer.train_seconds:.1f} examples/s{note})")
+            rows, seen = len(splits["train"]), trainer.train_examples
+            print(f"trained {rows} rows x {seen / rows:.3g} epochs ({seen} examples) in {trainer.train_seconds:.1f} s "
+                  f"({seen / trainer.train_seconds:.1f} examples/s)")
         if args.do_val_history and ctx.is_main:
             write_json(out("val_metrics_history.json"), history)
 
@@ -112,12 +147,17 @@ def write_outputs(args, ctx, trainer, splits):
         metrics = dict(result["metrics"])
         if ctx.is_main:
             write_logits_csv(out("val_preds.csv"), result["logits"])
+            write_predictions_csv(out("val_predictions.csv"), files["dev"], result["logits"], rows=samples.get("dev"))
         if "mm_dev" in splits:
             mm_result = trainer.validate(splits["mm_dev"], task=get_task("mnli-mm"))
             metrics.update({"mm-" + k: v for k, v in mm_result["metrics"].items()})
             if ctx.is_main:
                 write_logits_csv(out("mm_val_preds.csv"), mm_result["logits"])
+                write_predictions_csv(out("mm_val_predictions.csv"), files["mm_dev"], mm_result["logits"],
+                                      rows=samples.get("mm_dev"))
         report = {"loss": result["loss"], "metrics": metrics}
+        if samples:  # the metrics are a sample's: say of how many rows
+            report["dev_sample"] = {key: {"rows": len(rows), "seed": args.seed} for key, rows in samples.items()}
         if ctx.is_main:
             write_json(out("val_metrics.json"), report)
             print(json.dumps(report, indent=2))
@@ -131,34 +171,55 @@ def write_outputs(args, ctx, trainer, splits):
         if ctx.is_main:
             write_logits_csv(out("test_preds.csv"), logits)
             if not isinstance(trainer.task, GlueTask):  # no leaderboard format: ids and predicted labels
-                write_predictions_csv(out("test_predictions.csv"), trainer.task,
-                                      resolve_data_dir(trainer.task, args.data_dir), logits)
+                write_predictions_csv(out("test_predictions.csv"), files["test"], logits, gold=False)
         if "mm_test" in splits:
             mm_logits, _ = trainer.predict(splits["mm_test"], desc="Predicting (mm test)")
             if ctx.is_main:
                 write_logits_csv(out("mm_test_preds.csv"), mm_logits)
 
 
-def write_predictions_csv(path, task, data_dir, logits):
-    """test_predictions.csv: each test example's id and prediction (label, score or choice number)."""
-    import pandas as pd
-
-    ids = [example.guid for example in task.read("test", data_dir)]
+def write_predictions_csv(path, split_file, logits, gold=True, rows=None):
+    """Predictions a person can read (val_predictions.csv, test_predictions.csv), beside the seed's bare
+    logits: each example's id (a task file's id column, else its row number; GLUE: the file's index
+    column or line), with `gold` its label, the prediction (a label name, a score, a choice number),
+    and for classification each label's probability, p_<label>. `rows`: the examples scored, when a
+    sample."""
+    task = split_file.task
+    examples = task.read(split_file.split, split_file.folder)
+    if rows is not None:
+        examples = [examples[i] for i in rows]
+    columns = {"id": [task.example_id(example) for example in examples]}
+    if gold:
+        columns["label"] = [example.label for example in examples]
     preds = task.predictions(logits)
-    values = preds if task.is_regression else [task.labels[i] for i in preds]
-    with atomic_write(path) as f:
-        pd.DataFrame({"id": ids, "prediction": values}).to_csv(f, index=False)
+    columns["prediction"] = preds if task.is_regression else [task.labels[i] for i in preds]
+    if not task.is_regression:
+        probabilities = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
+        columns.update({f"p_{label}": probabilities[:, k] for k, label in enumerate(task.labels)})
+    write_csv(path, columns)
 
 
 def load_splits(args, split_files, tokenizer):
-    """Features of every split file, keyed train/dev/test/mm_dev/mm_test (train subsampled if asked)."""
+    """Features of every split file, keyed train/dev/test/mm_dev/mm_test, with train subsampled
+    (--train_examples_number) and dev sampled (--dev_examples_number) if asked; and the rows each
+    sampled dev split kept, {key: sorted indices}."""
     cache_dir = features_cache_dir(args)
     splits = {f.key: load_features(f.task, f.split, f.folder, tokenizer, args.max_seq_length, cache_dir)
               for f in split_files}
     if "train" in splits and args.train_examples_number is not None:
-        n = len(splits["train"])
-        if not 0 < args.train_examples_number <= n:
-            raise StiltsError(f"--train_examples_number {args.train_examples_number}: the train set has {n} examples")
-        picked = np.random.default_rng(args.seed).choice(n, args.train_examples_number, replace=False)
-        splits["train"] = splits["train"].subset(np.sort(picked))
-    return splits
+        splits["train"] = splits["train"].subset(sample(len(splits["train"]), args.train_examples_number, args.seed,
+                                                        "--train_examples_number", "the train set"))
+    samples = {}
+    for key in ("dev", "mm_dev"):
+        if key in splits and args.dev_examples_number is not None:
+            samples[key] = sample(len(splits[key]), args.dev_examples_number, args.seed, "--dev_examples_number",
+                                  f"the {key.replace('_', ' ')} set")
+            splits[key] = splits[key].subset(samples[key])
+    return splits, samples
+
+
+def sample(n, wanted, seed, flag, what):
+    """`wanted` of n rows drawn by the run's seed, in file order."""
+    if not 0 < wanted <= n:
+        raise StiltsError(f"{flag} {wanted}: {what} has {n} examples")
+    return np.sort(np.random.default_rng(seed).choice(n, wanted, replace=False))

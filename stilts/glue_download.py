@@ -9,10 +9,12 @@ dev pairs of `glue/data/mrpc_dev_ids.tsv`. Every path is relative to one base UR
 A task is built in a hidden temporary folder inside the data folder and checked there: the zip
 must read, hold the expected files, and every file must have its official row count. Only then
 does it replace the task's folder, by renaming, so the data folder never holds a half-written task,
-and a complete task is never downloaded again.
+and a complete task is never downloaded again. What an incomplete folder holds beyond the download's
+entries (a user's MNLI/tokenized/) moves into the new folder: the download deletes only what it replaces.
 """
 import os
 import shutil
+import stat
 import tempfile
 import urllib.error
 import urllib.parse
@@ -88,8 +90,9 @@ def download_glue(data_dir, names=TASK_NAMES, base_url=OFFICIAL_BASE_URL, report
     A task whose folder is complete is skipped without a request. A failure raises a StiltsError
     naming the task; that task's folder is left as it was (tasks finished before it stay installed).
     """
-    if urllib.parse.urlsplit(base_url).scheme not in ("http", "https", "file"):
-        raise StiltsError(f"base URL {base_url!r}: expected an http://, https:// or file:// URL")
+    if urllib.parse.urlsplit(base_url).scheme not in ("http", "https", "file") or not base_url.isprintable():
+        raise StiltsError(f"base URL {base_url!r}: expected an http://, https:// or file:// URL, "
+                          "without control characters")
     try:
         os.makedirs(data_dir, exist_ok=True)
     except OSError as e:
@@ -112,6 +115,9 @@ def install_task(name, data_dir, base_url, report):
     problems = folder_problems(name, target) if os.path.lexists(target) else None
     if problems == []:
         return f"{name}: skipped, {folder}/ is complete ({row_summary(name)})"
+    if problems and (os.path.islink(target) or not os.path.isdir(target)):  # renaming it would lose it
+        kind = "a symbolic link" if os.path.islink(target) else "a file"
+        raise StiltsError(f"{target} is {kind}, not a folder the download can replace; move it away and run again")
     urls = source_urls(name, base_url)
     why = f"{folder}/ is incomplete ({'; '.join(problems)}); " if problems else ""
     report(f"{name}: {why}downloading {', '.join(urls)}")
@@ -124,7 +130,7 @@ def install_task(name, data_dir, base_url, report):
                               f"{'; '.join(problems)} (from {', '.join(urls)})")
         swap_in(built, target, staging)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)  # with it goes the replaced incomplete folder
+        shutil.rmtree(staging, ignore_errors=True)  # with it go the entries the download replaced
     return f"{name}: done, {folder}/ has {row_summary(name)}"
 
 
@@ -160,15 +166,17 @@ def build_task(name, folder, urls, staging):
 def fetch(url, path):
     """Save `url` to `path`, refusing an HTTP error, an unreachable server and a short transfer
     (urllib returns a body cut before its Content-Length as if it were whole)."""
+    check_local_file(url)
     try:
         response = urllib.request.urlopen(url, timeout=TIMEOUT)
     except urllib.error.HTTPError as e:
         e.close()
-        raise StiltsError(f"{url}: HTTP {e.code} {e.reason}") from None
+        raise StiltsError(f"{url}: HTTP {e.code} {one_line(e.reason)}") from None
     except urllib.error.URLError as e:
-        raise StiltsError(f"{url}: cannot download: {getattr(e.reason, 'strerror', None) or e.reason}") from None
+        reason = getattr(e.reason, "strerror", None) or e.reason
+        raise StiltsError(f"{url}: cannot download: {one_line(reason)}") from None
     except (HTTPException, OSError, ValueError) as e:
-        raise StiltsError(f"{url}: cannot download: {e}") from None
+        raise StiltsError(f"{url}: cannot download: {one_line(e)}") from None
     received = 0
     with response, open(path, "wb") as f:
         length = response.headers.get("Content-Length")
@@ -177,13 +185,33 @@ def fetch(url, path):
                 chunk = response.read(CHUNK)
             except (HTTPException, OSError) as e:
                 raise StiltsError(f"{url}: the download broke off after {received} bytes: "
-                                  f"{str(e) or type(e).__name__}") from None
+                                  f"{one_line(e) or type(e).__name__}") from None
             if not chunk:
                 break
             f.write(chunk)
             received += len(chunk)
     if length is not None and length.isdigit() and received != int(length):
         raise StiltsError(f"{url}: truncated download: {received} of {length} bytes")
+
+
+def check_local_file(url):
+    """Refuse a file:// source that is not a regular file before urllib opens it: it would wait
+    forever for a FIFO's writer, and read a device (/dev/zero) without end."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "file":
+        return
+    try:
+        mode = os.stat(urllib.request.url2pathname(parts.path)).st_mode
+    except OSError:
+        return  # urllib reports it, in the words of a download
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise StiltsError(f"{url}: cannot download: {kind}, not a regular file")
+
+
+def one_line(text):
+    """An error text of urllib or http.client on one line: some hold newlines (a redirect loop's)."""
+    return " ".join(str(text).split())
 
 
 def extract_folder(archive, folder, staging, url, filenames):
@@ -245,17 +273,31 @@ def read_msr(path):
 
 
 def swap_in(built, target, staging):
-    """Rename `built` to `target`. A folder already at `target` (incomplete) first moves into
-    staging, to be deleted with it; it comes back if the second rename fails."""
-    replaced = os.path.join(staging, "replaced")
-    had_old = os.path.lexists(target)
-    if had_old:
-        os.replace(target, replaced)
-    try:
+    """Rename `built` to `target`. A folder already at `target` (incomplete) first gives `built` the
+    entries the download does not provide, then moves into staging, to be deleted with it (only the
+    entries the download replaced are left in it). If a step fails or is interrupted, everything
+    moves back: the old folder is as it was, its modification time included."""
+    if not os.path.lexists(target):
         os.replace(built, target)
-    except OSError:
-        if had_old:
+        return
+    old = os.stat(target)
+    kept = []
+    try:
+        for entry in sorted(os.listdir(target)):
+            if not os.path.lexists(os.path.join(built, entry)):
+                os.replace(os.path.join(target, entry), os.path.join(built, entry))
+                kept.append(entry)
+        replaced = os.path.join(staging, "replaced")
+        os.replace(target, replaced)
+        try:
+            os.replace(built, target)
+        except BaseException:
             os.replace(replaced, target)
+            raise
+    except BaseException:
+        for entry in reversed(kept):
+            os.replace(os.path.join(built, entry), os.path.join(target, entry))
+        os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns))
         raise
 
 

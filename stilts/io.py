@@ -107,9 +107,28 @@ def atomic_write(path, mode="w"):
             os.close(dir_fd)
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def read_json(path, expected=None):
+    """A JSON file's value, or one line naming the file: unreadable, not UTF-8 JSON (nested too deep for
+    the parser included), or with `expected` (a type) a value of another type."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise StiltsError(f"{path}: file not found") from None
+    except OSError as e:  # a folder in the way, no permission...
+        raise StiltsError(f"{path}: cannot read: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:200]
+        raise StiltsError(f"{path}: not a JSON file ({reason})") from None
+    if expected is not None and not isinstance(value, expected):
+        raise StiltsError(f"{path}: holds a JSON {json_type(value)}, expected {json_type(expected())}")
+    return value
+
+
+def json_type(value):
+    """JSON's name for the type of a parsed value, for messages."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
 def write_json(path, obj):
@@ -123,6 +142,17 @@ def write_logits_csv(path, logits):
     with atomic_write(path) as f:
         for row in logits.reshape(len(logits), -1):
             f.write(",".join(repr(float(x)) for x in row) + "\n")
+
+
+def write_csv(path, columns):
+    """A CSV file with a header, from {column name: values} (numbers as repr writes them)."""
+    import csv
+
+    with atomic_write(path) as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(list(columns))
+        writer.writerows(zip(*[[repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in values]
+                               for values in columns.values()]))
 
 
 def save_checkpoint(path, obj):

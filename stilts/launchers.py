@@ -29,6 +29,7 @@ import threading
 import time
 
 from stilts import run_folder
+from stilts.errors import StiltsError
 
 LOG_NAME = run_folder.LOG_NAME
 TRAIN_MODULE = ["-m", "stilts.cli.train"]
@@ -40,7 +41,6 @@ class Attempts:
     """How every run is tried: the same on every engine (pickled to submitit and Ray workers)."""
     max_retries: int = 0
     processes: int = 1          # > 1: torchrun with this many processes (--gpus_per_run)
-    echo: bool = False          # also show the run's output here (one run at a time)
 
 
 BAD_INPUT = 2  # stilts-train's exit status for bad input: trying again would fail the same way
@@ -107,15 +107,26 @@ def attempt(run, attempts, env=None, stop=None):
         command = command_for(run, attempts)
         os.makedirs(run.folder, exist_ok=True)
         with open(log_path(run), "a", encoding="utf-8") as log:
-            log.write(f"# stilts-run, try {number}: {shlex.join(command)}\n")
+            log.write(f"{_line_break(log_path(run))}# stilts-run, try {number}: {shlex.join(command)}\n")
             log.flush()
-            code = _run(command, log, env, attempts.echo, stop)
+            code = _run(command, log, env, stop)
         if code == 0 and run.finished():
             return Outcome("finished", time.monotonic() - started, number)
         error = _last_error(run) or (f"exit status {code}" if code else "ended without writing its outputs")
         if code == BAD_INPUT or (stop is not None and stop.is_set()):  # bad input fails again; or stopped
             return Outcome("failed", time.monotonic() - started, number, error)
     return Outcome("failed", time.monotonic() - started, attempts.max_retries + 1, error)
+
+
+def _line_break(path):
+    """A newline when the log ends inside a line (a progress bar's last \\r update), so that the next
+    header starts a line of its own."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return ""
+        f.seek(-1, os.SEEK_END)
+        return "" if f.read(1) == b"\n" else "\n"
 
 
 class Stop:
@@ -134,22 +145,17 @@ class Stop:
                 _end(process)
 
 
-def _run(command, log, env, echo, stop=None):
-    """The process's exit status; its output to the log (and here, with echo). The run is its own
-    process group (torchrun and its workers), ended with SIGTERM, and gets SIGTERM too when the
-    thread that started it ends, even if the launcher is killed: a run left behind would hold its
-    folder's lock against the repeated study."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE if echo else log, stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True, preexec_fn=_die_with_parent, text=echo)
+def _run(command, log, env, stop=None):
+    """The process's exit status; its output goes to the log (the study's terminal gets a line per run).
+    The run is its own process group (torchrun and its workers), ended with SIGTERM, and gets SIGTERM
+    too when the thread that started it ends, even if the launcher is killed: a run left behind would
+    hold its folder's lock against the repeated study."""
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True, preexec_fn=_die_with_parent)
     if stop is not None:
         with stop.lock:
             stop.live.add(process)
     try:
-        if echo:
-            for line in process.stdout:
-                log.write(line)
-                sys.stdout.write(line)
-                sys.stdout.flush()
         return process.wait()
     except BaseException:  # interrupted here (one run at a time): the run ends with us
         _end(process)
@@ -200,19 +206,28 @@ def _last_error(run):
 
 
 class Progress:
-    """One line per run that ends: runs done / running / failed, and the time left at the pace so far.
-    Engines call it from their threads: a lock keeps the counts whole."""
+    """One line per run that starts and per run that ends (its time and dev score): runs done /
+    running / failed, and the time left. The estimate sums, over the runs left, the mean time of the
+    finished runs of the same kind (stage A or target run, of the same task), else what the machine's
+    recorded pace (`pace()`, stilts.pace) gives for the run's work, else the mean of the same stage;
+    divided by the runs that run at once (`parallel`, else the run-seconds finished per second of wall
+    time so far). Engines call it from their threads: a lock keeps the counts whole."""
 
-    def __init__(self, total, report=print):
-        self.total, self.report, self.lock = total, report, threading.Lock()
-        self.done = self.failed = self.running = self.ran = 0
+    def __init__(self, runs, report=print, parallel=None, pace=lambda: None):
+        self.runs, self.report, self.lock, self.parallel = list(runs), report, threading.Lock(), parallel
+        self.pace = pace
+        self.total = len(self.runs)
+        self.done = self.failed = self.running = 0
+        self.seconds = {}  # run folder -> how long it took, of the runs that ran now
+        self.ended = set()
         self.started = time.monotonic()
 
-    def start(self, line=None):
+    def start(self, run=None, why=None):
         with self.lock:
             self.running += 1
-            if line:
-                self.report(line)
+            if run is not None:
+                what = f"redoing the unfinished run in {run.folder} ({why})" if why else "start"
+                self.report(f"stilts-run: {run.label}: {what} (log: {log_path(run)})")
 
     def end(self, run, outcome):
         with self.lock:
@@ -220,16 +235,47 @@ class Progress:
                 self.running = max(0, self.running - 1)
             self.done += outcome.ok
             self.failed += not outcome.ok
-            self.ran += outcome.status == "finished"
-            what = {"finished": f"done in {format_seconds(outcome.seconds)}", "skipped": "skip (finished)",
+            self.ended.add(run.folder)
+            if outcome.status == "finished":
+                self.seconds[run.folder] = outcome.seconds
+            what = {"finished": f"done in {format_seconds(outcome.seconds)}{_score(run)}", "skipped": "skip (finished)",
                     "failed": f"FAILED after {outcome.tries} tries ({outcome.error}); log: {log_path(run)}",
                     "not started": "not started: its stage A failed"}[outcome.status]
-            left = self.total - self.done - self.failed
-            estimate = ""
-            if self.ran and left:  # at the pace of the runs that ran so far, whatever ran in parallel
-                estimate = f", about {format_seconds((time.monotonic() - self.started) / self.ran * left)} left"
+            left = self.estimate()
+            estimate = f", about {format_seconds(left)} left" if left else ""
             self.report(f"stilts-run: {run.label}: {what} [{self.done}/{self.total} done, {self.running} running, "
                         f"{self.failed} failed{estimate}]")
+
+    def estimate(self):
+        """Seconds left, or None before any run of a kind that is left has finished."""
+        timed = [run for run in self.runs if run.folder in self.seconds]
+        left = [run for run in self.runs if run.folder not in self.ended]
+        if not timed or not left:
+            return None
+        expected, pace = 0.0, self.pace()
+        for run in left:
+            alike = [r for r in timed if _kind(r) == _kind(run)]
+            if not alike and pace is not None and run.work:
+                expected += pace.seconds(*run.work)
+                continue
+            alike = alike or [r for r in timed if _kind(r)[0] == _kind(run)[0]] or timed
+            expected += sum(self.seconds[r.folder] for r in alike) / len(alike)
+        elapsed = time.monotonic() - self.started
+        at_once = self.parallel or max(1.0, sum(self.seconds.values()) / max(elapsed, 1e-9))
+        return expected / max(1.0, min(at_once, len(left)))
+
+
+def _kind(run):
+    """(stage, task): runs of one kind take about as long."""
+    return ("stage A" if run.after is None and not run.arm else "target", run.task)
+
+
+def _score(run):
+    """', dev acc 0.6534': the finished run's dev score, for its line."""
+    try:
+        return f", dev {run.metric} {run_folder.dev_metrics(run.folder)[run.metric]:.4f}" if run.metric else ""
+    except (StiltsError, KeyError):
+        return ""
 
 
 def format_seconds(seconds):
@@ -247,7 +293,7 @@ def not_started(run, outcomes):
 # The engines: each returns {run folder: Outcome}
 
 
-def launch_local(stage_a, runs, attempts, jobs=1, gpus_per_run=0, report=print):
+def launch_local(stage_a, runs, attempts, jobs=1, gpus_per_run=0, report=print, pace=lambda: None):
     """A pool of `jobs` threads, each waiting on one run's process. Runs start in the plan's order
     (every stage A first), a target run once its stage A finished."""
     devices = visible_gpus() if gpus_per_run else []
@@ -259,7 +305,7 @@ def launch_local(stage_a, runs, attempts, jobs=1, gpus_per_run=0, report=print):
     if not gpus_per_run and jobs > 1 and "OMP_NUM_THREADS" not in env:  # the cores, divided between the runs
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    progress, stop = Progress(len(stage_a) + len(runs), report), Stop()
+    progress, stop = Progress(stage_a + runs, report, parallel=jobs, pace=pace), Stop()
 
     def one(run):
         run_env = dict(env)
@@ -267,9 +313,9 @@ def launch_local(stage_a, runs, attempts, jobs=1, gpus_per_run=0, report=print):
         if group is not None:
             run_env["CUDA_VISIBLE_DEVICES"] = group
         try:
-            if not run.finished():
-                what = f"redoing the unfinished run in {run.folder}" if run_folder.user_files(run.folder) else "start"
-                progress.start(f"stilts-run: {run.label}: {what}: {shlex.join(command_for(run, attempts))}")
+            why = run.unfinished()
+            if why:
+                progress.start(run, why if run_folder.user_files(run.folder) else None)
             return attempt(run, attempts, run_env, stop)
         finally:
             if group is not None:
@@ -332,13 +378,13 @@ class SubmititRun:
         return submitit.helpers.DelayedSubmission(self, run)
 
 
-def launch_submitit(stage_a, runs, attempts, folder, cluster=None, parameters=None, report=print):
+def launch_submitit(stage_a, runs, attempts, folder, cluster=None, parameters=None, report=print, pace=lambda: None):
     """Stage A as one job array, then the target runs as another; waits for both."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     executor.update_parameters(**(parameters or {}))
-    progress = Progress(len(stage_a) + len(runs), report)
+    progress = Progress(stage_a + runs, report, pace=pace)
     outcomes = {}
     for wave in (stage_a, runs):
         todo = []
@@ -357,7 +403,7 @@ def launch_submitit(stage_a, runs, attempts, folder, cluster=None, parameters=No
             jobs = [executor.submit(SubmititRun(attempts), run) for run in todo]
         by_job = {job.job_id: run for job, run in zip(jobs, todo)}
         for run in todo:
-            progress.start()
+            progress.start(run)
         for job in submitit.helpers.as_completed(jobs):
             run = by_job[job.job_id]
             try:
@@ -376,7 +422,8 @@ def _ray_run(run, attempts, stage_a_outcome):
     return attempt(run, attempts)
 
 
-def launch_ray(stage_a, runs, attempts, address=None, cpus_per_run=1, gpus_per_run=0, report=print):
+def launch_ray(stage_a, runs, attempts, address=None, cpus_per_run=1, gpus_per_run=0, report=print,
+               pace=lambda: None):
     """Every run a Ray task (on the cluster at `address`, else a Ray started here for the study)."""
     import ray
 
@@ -390,7 +437,8 @@ def launch_ray(stage_a, runs, attempts, address=None, cpus_per_run=1, gpus_per_r
         for run in runs:
             refs[run.folder] = task.remote(run, attempts, refs[run.after.folder] if run.after else None)
         by_ref = {refs[run.folder]: run for run in stage_a + runs}
-        progress = Progress(len(by_ref), report)
+        slots = int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_run, 1)) or 1
+        progress = Progress(stage_a + runs, report, parallel=slots, pace=pace)
         progress.running = len(by_ref)  # queued or running: Ray does not say which
         outcomes, pending = {}, list(by_ref)
         while pending:

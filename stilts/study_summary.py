@@ -6,6 +6,7 @@ A study has arms: one STILTs arm per intermediate task ("stilts" when there is o
 different arms with the same seed pair up, and the gain of a STILTs arm is the mean of its paired
 differences to the baseline, with a 95% interval (stilts.gains).
 """
+import json
 import math
 import os
 import shutil
@@ -14,7 +15,8 @@ import numpy as np
 
 from stilts.errors import StiltsError
 from stilts.gains import excludes_zero, paired_gain
-from stilts.io import atomic_write, read_json, write_json
+from stilts.io import atomic_write, read_json
+from stilts.run_folder import dev_metrics
 
 DEGENERATE_TOLERANCE = 1e-9  # "at or below the baseline", robust to float rounding
 
@@ -39,12 +41,11 @@ def majority_baselines(args, examples):
 
 def run_value(args, run):
     """The run's dev score on its task's metric, from its val_metrics.json."""
-    path = os.path.join(run.folder, "val_metrics.json")
     metric = args.tasks[run.task].metric
-    try:
-        return float(read_json(path)["metrics"][metric])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StiltsError(f"{path}: no dev {metric} in it ({type(e).__name__}: {e})") from None
+    metrics = dev_metrics(run.folder)
+    if metric not in metrics:
+        raise StiltsError(f"{os.path.join(run.folder, 'val_metrics.json')}: no dev {metric} in it")
+    return float(metrics[metric])
 
 
 def summarize(args, arms, runs, baselines):
@@ -65,7 +66,17 @@ def summarize(args, arms, runs, baselines):
                     entry[arm.key]["gain"] = paired_gain({r["seed"]: r["value"] for r in entry[arm.key]["runs"]},
                                                          baseline)
         summary["targets"][target] = entry
+    samples = {name: sample for name in intermediates if (sample := stage_a_dev_sample(args, name))}
+    if samples:  # --intermediate_dev_examples: those dev scores are a sample's
+        summary["intermediate_dev_sample"] = samples
     return summary
+
+
+def stage_a_dev_sample(args, intermediate):
+    """{split: {"rows", "seed"}} when the stage A scored a sample of its dev set, else None."""
+    path = os.path.join(args.output_dir, f"intermediate_{intermediate}", "val_metrics.json")
+    sample = read_json(path, dict).get("dev_sample") if os.path.isfile(path) else None
+    return sample if isinstance(sample, dict) else None
 
 
 def arm_summary(args, target, runs, baseline):
@@ -156,10 +167,13 @@ def markdown(args, summary):
     lines.append("Majority-class baseline (dev): " + "; ".join(
         f"{t} {args.tasks[t].metric} {100 * e['majority_baseline']:.1f}" for t, e in summary["targets"].items()))
     for intermediate in summary_intermediates(summary):
-        stage_a = os.path.join(args.output_dir, f"intermediate_{intermediate}", "val_metrics.json")
-        if os.path.isfile(stage_a):
-            metrics = read_json(stage_a)["metrics"]
-            lines.append(f"Intermediate {intermediate} (dev): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
+        stage_a = os.path.join(args.output_dir, f"intermediate_{intermediate}")
+        if os.path.isfile(os.path.join(stage_a, "val_metrics.json")):
+            metrics = dev_metrics(stage_a)
+            sample = summary.get("intermediate_dev_sample", {}).get(intermediate)
+            where = "dev" if not sample else "dev, a sample of " + ", ".join(
+                f"{entry.get('rows')} rows ({split.replace('_', ' ')})" for split, entry in sample.items())
+            lines.append(f"Intermediate {intermediate} ({where}): " + ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items()))
     exported = [f"{t} from {e['submission_from']}" for t, e in summary["targets"].items() if e.get("submission_from")]
     if exported:
         lines.append("Test predictions in submission_input/: " + "; ".join(exported))
@@ -297,18 +311,18 @@ def write_summary(args, arms, runs, baselines, missing=()):
     if not args.no_test:
         export_best(args, summary)
     out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
-    write_json(out("summary.json"), json_safe(summary))
-    table = markdown(args, summary)
-    with atomic_write(out("summary.md")) as f:
-        f.write(table)
-    print(table)
-    written = ["summary.md", "summary.json"]
+    # Every text first, then the files: a summary that cannot be made leaves the earlier files as
+    # they were, never a summary.json that disagrees with summary.md.
+    texts = {"summary.json": json.dumps(json_safe(summary), indent=2) + "\n", "summary.md": markdown(args, summary)}
     if transfer_matrix(summary)[2]:
-        matrix = transfer_matrix_markdown(summary)
-        with atomic_write(out("transfer_matrix.md")) as f:
-            f.write(matrix)
-        print(matrix)
-        written.append("transfer_matrix.md")
+        texts["transfer_matrix.md"] = transfer_matrix_markdown(summary)
+    for name, text in texts.items():
+        with atomic_write(out(name)) as f:
+            f.write(text)
+    for name in ("summary.md", "transfer_matrix.md"):
+        if name in texts:
+            print(texts[name])
+    written = list(texts)
     pictures = {"summary.png": plot(summary, out("summary.png"))}
     if "transfer_matrix.md" in written:
         pictures["transfer_matrix.png"] = plot_transfer_matrix(summary, out("transfer_matrix.png"))

@@ -22,7 +22,8 @@ import re
 from typing import Optional
 
 from stilts.errors import StiltsError
-from stilts.tasks import CLASSIFICATION, MULTIPLE_CHOICE, REGRESSION, SPLITS, TASKS, Example, Task, file_digest
+from stilts.tasks import (CLASSIFICATION, MAX_LINE_BYTES, MULTIPLE_CHOICE, REGRESSION, SPLITS, TASKS, Example, Task,
+                          file_digest)
 
 METRICS = {  # the metrics each type can be ranked by; the first is the default
     CLASSIFICATION: ("acc", "f1", "acc_and_f1", "mcc"),
@@ -173,8 +174,17 @@ class Table:
         return value
 
     def text(self, column, i, key):
+        """A text value; NUL characters and texts over 1 MiB are refused in every format, as in GLUE's."""
         value = self.value(column, i, key)
-        return value if isinstance(value, str) else str(value)
+        return self._checked(value if isinstance(value, str) else str(value), column, i, key)
+
+    def _checked(self, text, column, i, key):
+        if "\0" in text:
+            raise StiltsError(f"{self.row(i)}: NUL character in column {column!r} (key {key!r}); not text")
+        if len(text) > MAX_LINE_BYTES:
+            raise StiltsError(f"{self.row(i)}: column {column!r} (key {key!r}) holds {len(text)} characters, "
+                              f"more than {MAX_LINE_BYTES}; not a text of an example")
+        return text
 
     def joined(self, columns, i, key):
         return " ".join(self.text(c, i, key) for c in columns)
@@ -186,7 +196,7 @@ class Table:
                 or (len(value) != count if count else len(value) < 2)):
             raise StiltsError(f"{self.row(i)}: column {column!r} (key 'choices') should hold a list of "
                               f"{count or 'two or more'} texts")
-        return [str(v) for v in value]
+        return [self._checked(str(v), column, i, "choices") for v in value]
 
     def label_text(self, column, value, class_names=True):
         """A class label as a string: a dataset's class name, an integer without '.0', else str()."""
@@ -208,18 +218,69 @@ def read_table(path):
         raise StiltsError(f"{path}: unknown data file type {ext or '(none)'}; use one of {', '.join(READERS)}")
     if ext == ".jsonl":
         return _read_jsonl(path)
+    if ext == ".parquet":
+        return _read_parquet(path)
+    return _read_delimited(path, ext)
+
+
+def _read_delimited(path, ext):
+    """CSV with the usual quoting, or TSV as GLUE writes it (no quoting). Every row must be as wide as
+    the header: a stray comma or tab inside a text would shift every column after it (pandas even
+    turns a first surplus field into an index). NUL bytes and fields over 1 MiB are refused as the
+    GLUE reader refuses them."""
+    separator = "\t" if ext == ".tsv" else ","
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if ext == ".tsv" else {"delimiter": ","}
+    csv.field_size_limit(MAX_LINE_BYTES)
+    kind = ext[1:].upper()
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not a column name
+            reader = csv.reader(f, **dialect)
+            header, rows = None, []
+            try:
+                for fields in reader:
+                    if not fields:  # a blank line
+                        continue
+                    if any("\0" in field for field in fields):
+                        raise StiltsError(f"{path}:{reader.line_num}: NUL byte in line; not a UTF-8 text file")
+                    if header is None:
+                        header = _header(fields, path)
+                    elif len(fields) != len(header):
+                        raise StiltsError(f"{path}:{reader.line_num}: {len(fields)} {'tab' if ext == '.tsv' else 'comma'}"
+                                          f"-separated fields, but the header has {len(header)} (a {separator!r} "
+                                          f"inside a text{'' if ext == '.tsv' else ' without quotes'}?)")
+                    else:
+                        rows.append(fields)
+            except csv.Error as e:  # a field over the limit, a quote left open at the end of the file
+                raise StiltsError(f"{path}:{reader.line_num}: cannot read as {kind}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise StiltsError(f"{path}: cannot read as {kind}: not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise StiltsError(f"{path}: cannot read: {e.strerror}") from None
+    if header is None:
+        raise StiltsError(f"{path}: empty file; a {kind} file starts with a header row naming its columns")
+    columns = {name: [row[c] for row in rows] for c, name in enumerate(header)}
+    return Table(path, columns, len(rows))
+
+
+def _header(fields, path):
+    duplicate = next((name for name in fields if fields.count(name) > 1), None)
+    if duplicate is not None:
+        raise StiltsError(f"{path}:1: column {duplicate!r} is named twice in the header")
+    return fields
+
+
+def _read_parquet(path):
     import pandas as pd
 
     try:
-        if ext == ".parquet":
-            frame = pd.read_parquet(path)
-        else:  # TSV as GLUE writes it: no quoting; CSV with the usual quoting
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if ext == ".tsv" else ",",
-                                quoting=csv.QUOTE_NONE if ext == ".tsv" else csv.QUOTE_MINIMAL)
+        frame = pd.read_parquet(path)
     except ImportError:
         raise StiltsError(f"{path}: reading parquet needs pyarrow: pip install 'stilts[datasets]'") from None
-    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
-        raise StiltsError(f"{path}: cannot read as {ext[1:].upper()}: {' '.join(str(e).split())[:200]}") from None
+    except (OSError, ValueError) as e:
+        raise StiltsError(f"{path}: cannot read as PARQUET: {' '.join(str(e).split())[:200]}") from None
+    except Exception as e:  # pyarrow's own errors for a damaged file
+        raise StiltsError(f"{path}: cannot read as PARQUET: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]}") from None
     columns = {str(name): frame[name].tolist() for name in frame.columns}
     return Table(path, columns, len(frame))
 
@@ -231,8 +292,12 @@ def _read_jsonl(path):
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
+                if len(line) > MAX_LINE_BYTES:
+                    raise StiltsError(f"{path}:{lineno}: line longer than {MAX_LINE_BYTES} characters")
                 try:
                     record = json.loads(line)
+                except RecursionError:
+                    raise StiltsError(f"{path}:{lineno}: not valid JSON (nested too deeply)") from None
                 except ValueError as e:
                     raise StiltsError(f"{path}:{lineno}: not valid JSON ({e})") from None
                 if not isinstance(record, dict):
@@ -327,6 +392,8 @@ def _read_spec(path):
         raise StiltsError(f"{path}: task file not found") from None
     except OSError as e:
         raise StiltsError(f"{path}: cannot read the task file: {e.strerror}") from None
+    except RecursionError:
+        raise StiltsError(f"{path}: not a JSON task file (nested too deeply)") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise StiltsError(f"{path}: not a JSON task file ({e})") from None
     if not isinstance(spec, dict):

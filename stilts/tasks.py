@@ -8,7 +8,9 @@ column k means the same label as in zphang/bert_on_stilts. A user's own task is 
 malformed input as `StiltsError("FILE:LINE: ...")`.
 """
 import dataclasses
+import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -76,6 +78,10 @@ class Task:
         """What --task_name takes to name this task again (a task file: its path)."""
         return self.name
 
+    def example_id(self, example):
+        """The id a person looks an example up by, in the prediction files."""
+        return example.guid
+
     # Where the data lives: each kind of task answers these.
     has_pairs = False  # inputs are [CLS] a [SEP] b [SEP] (multiple choice: context and choice)
 
@@ -135,6 +141,9 @@ class GlueTask(Task):
 
     def where(self, split, folder):
         return self.path(split, folder)
+
+    def example_id(self, example):
+        return example.guid.split("-", 1)[1]  # the guid is "<split>-<index column or line>"
 
     def read(self, split, folder):
         return read_tsv_examples(self, split, folder)
@@ -228,6 +237,12 @@ class SplitFile:
     split: str
     folder: str
 
+    def digest(self):
+        """What identifies the split's data and how it is read: a finished run records it, and a study
+        compares it to tell a run made on data that changed since."""
+        source = json.dumps(self.task.source_digest(self.split, self.folder), sort_keys=True)
+        return hashlib.sha256(source.encode()).hexdigest()
+
 
 def run_splits(task, data_dir, mm_data_dir=None, train=False, dev=False, test=False):
     """The splits a run reads. MNLI's dev and test bring their mismatched halves (mm_dev,
@@ -242,6 +257,13 @@ def run_splits(task, data_dir, mm_data_dir=None, train=False, dev=False, test=Fa
 
 
 def file_digest(path):
+    """The SHA-256 of a file's content, computed once per version of the file (size and time of change)."""
+    stat = os.stat(path)
+    return _file_digest(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path, size, changed):
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -1,5 +1,7 @@
 """One training loop: length-grouped batches, dynamic padding, mixed precision, DDP, resume.
 
+Progress bars show only on a terminal (tqdm's disable=None): in a log file their updates are noise.
+
 Batches are *global*: each optimizer step sees `train_batch_size` examples whatever the number of
 processes or accumulation steps. A global batch is cut into `gradient_accumulation_steps` micro
 batches, and each micro batch into one slice per process. Every slice's summed loss is divided by
@@ -155,6 +157,8 @@ class Trainer:
         self.device_splits = {}  # id(features) -> (features, DeviceFeatures): each split is uploaded once
         self.reporter = None
         self.global_step = 0  # the optimizer steps the weights have taken (the curves' x axis)
+        self.train_examples, self.train_seconds = 0, 0.0  # of the last train(), dev scoring left out
+        self.scored_examples, self.scored_seconds = 0, 0.0  # every split predict() scored
 
     # ----------------------------------------------------------------------------- helpers
     def _autocast(self):
@@ -227,9 +231,9 @@ class Trainer:
                         len(features), cfg.train_batch_size, total_steps, steps_per_epoch)
 
         show = self.ctx.is_main and self.verbose
-        started, self.train_examples = time.perf_counter(), 0
+        started, self.train_examples, scoring_before = time.perf_counter(), 0, self.scored_seconds
         self._examples_since, self._since = 0, started
-        epochs_bar = tqdm(total=math.ceil(total_steps / steps_per_epoch), desc="Epoch", disable=not show,
+        epochs_bar = tqdm(total=math.ceil(total_steps / steps_per_epoch), desc="Epoch", disable=None if show else True,
                           initial=position["epoch"])
         data = self._device_split(features)
         self.wrapped.train()
@@ -239,7 +243,8 @@ class Trainer:
             order = data.upload(np.concatenate(batches))  # the epoch's batches, one after another
             starts = np.cumsum([0] + [len(b) for b in batches])
             last_batch = min(len(batches), position["batch"] + total_steps - position["global_step"])
-            steps_bar = tqdm(range(position["batch"], last_batch), desc="Training", leave=False, disable=not show)
+            steps_bar = tqdm(range(position["batch"], last_batch), desc="Training", leave=False,
+                             disable=None if show else True)
             for b in steps_bar:
                 self._train_step(data, batches[b], order[starts[b]:starts[b + 1]], position)
                 position["global_step"] += 1
@@ -266,7 +271,7 @@ class Trainer:
             position = {"epoch": epoch + 1, "batch": 0, "global_step": position["global_step"]}
             epochs_bar.update(1)
         epochs_bar.close()
-        self.train_seconds = time.perf_counter() - started
+        self.train_seconds = time.perf_counter() - started - (self.scored_seconds - scoring_before)  # training alone
         return history
 
     def train_step(self, features, indices, position):
@@ -422,6 +427,7 @@ class Trainer:
         world_size-th batch and the results are gathered, so every process gets the full logits.
         """
         cfg, ctx = self.settings, self.ctx
+        started = time.perf_counter()
         if cfg.pad_to_max_length:
             order = np.arange(len(features))
         else:
@@ -435,7 +441,8 @@ class Trainer:
         model.eval()
         results, loss_sum = [], torch.zeros((), device=ctx.device)
         with torch.inference_mode():
-            for b, indices in enumerate(tqdm(mine, desc=desc, leave=False, disable=not (ctx.is_main and self.verbose))):
+            bars = None if ctx.is_main and self.verbose else True
+            for b, indices in enumerate(tqdm(mine, desc=desc, leave=False, disable=bars)):
                 batch = data.batch(indices, on_device[starts[b]:starts[b + 1]])
                 logits = self._forward(model, batch).float()
                 if self.cuda_graphs:  # the next replay writes over the graph's output
@@ -449,6 +456,8 @@ class Trainer:
             for indices, logits in rank_results:
                 all_logits[indices] = logits
         total_loss = sum(loss for _, loss in gathered)
+        self.scored_examples += len(features)
+        self.scored_seconds += time.perf_counter() - started
         return all_logits, total_loss / len(features)
 
     def report_eval(self, scores):

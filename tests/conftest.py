@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -13,9 +14,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "glue")
 VOCAB = os.path.join(REPO, "cache", "bert_metadata", "uncased_L-12_H-768_A-12", "vocab.txt")
 TRAIN_PY = os.path.join(REPO, "glue", "train.py")
+RTE = os.path.join(FIXTURES, "RTE")
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The features cache and the recorded paces of runs the module-scoped fixtures make: never the user's.
+os.environ["STILTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="stilts-tests-cache-")
 
 
 def pytest_configure(config):
@@ -69,6 +73,20 @@ def refused_by(capsys, main, argv):
     assert stop.value.code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     return err
+
+
+def refused(capsys, *args):
+    """Run glue/train.py's main; it must exit 2 with one line on stderr, which is returned."""
+    from stilts.cli.train import main
+
+    return refused_by(capsys, main, args)
+
+
+def rte_args(model_dir, out, *extra):
+    """glue/train.py flags for a quick RTE run of `model_dir` on the fixtures, plus `extra`."""
+    args = ["--task_name", "rte", "--bert_model", model_dir, "--output_dir", out, "--do_lower_case",
+            "--not-verbose", "--no_cuda", "--max_seq_length", "32", *extra]
+    return [str(a) for a in args]
 
 
 def run_train(*args, check=True, env=None):

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig
 
-from conftest import FIXTURES, REPO, run_train
+from conftest import FIXTURES, REPO, refused, run_train
 from stilts.cli import run as stilts_run
 from stilts.adapters import Adapter
 from stilts.checkpoints import load_weights
@@ -25,7 +25,6 @@ from stilts.io import load_checkpoint
 from stilts.metrics import majority_baseline
 from stilts.modeling import BertForGlue, ModelSource
 from stilts.tasks import get_task
-from test_hostile import refused
 
 ADAPTER_SIZE = 8
 SST2_LEARN = os.path.join(REPO, "tests", "fixtures", "glue_learn", "SST-2")

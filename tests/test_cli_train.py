@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FIXTURES, run_train
+from conftest import FIXTURES, refused, rte_args, run_train
 from stilts.cli.train import main as train_main
 from stilts.trainer import Trainer
-from test_hostile import refused, rte_args
 from stilts.tasks import get_task
 
 COMMON = ["--do_lower_case", "--not-verbose", "--seed", "3", "--eval_batch_size", "64", "--train_batch_size", "8",

@@ -3,9 +3,11 @@
 Nothing here reaches the internet: the server listens on 127.0.0.1, and ROW_COUNTS is set to the
 tiny files' counts so that they count as complete tasks.
 """
+import errno
 import http.server
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,7 +81,8 @@ def served_files():
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """Serves server.files; server.faults turns a path into an HTTP error code or a truncated body."""
+    """Serves server.files; server.faults turns a path into an HTTP error code, a truncated body, a
+    redirect to itself ("loop") or half a body and then silence until server.release ("stall")."""
 
     def do_GET(self):
         self.server.requests.append(self.path)
@@ -88,10 +91,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if body is None or isinstance(fault, int):
             self.send_error(fault or 404)
             return
+        if fault == "loop":
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body[:len(body) // 2] if fault == "truncate" else body)
+        self.wfile.write(body[:len(body) // 2] if fault in ("truncate", "stall") else body)
+        if fault == "stall":
+            self.wfile.flush()
+            self.server.stalled.set()
+            self.server.release.wait(60)
 
     def log_message(self, *args):
         pass
@@ -104,10 +117,12 @@ def server(monkeypatch):
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.files, httpd.faults, httpd.requests = served_files(), {}, []
+    httpd.stalled, httpd.release = threading.Event(), threading.Event()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield httpd
+    httpd.release.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -134,6 +149,11 @@ def run_cli(capsys, *argv):
         status = e.code
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def command(*argv):
+    """The real command as a process, for what an in-process call cannot show (signals, a hang)."""
+    return [sys.executable, "-m", "stilts.cli.download_glue", *map(str, argv)]
 
 
 def snapshot(folder):
@@ -206,18 +226,63 @@ def test_rerun_skips_complete_tasks_without_a_request(server, tiny_counts, tmp_p
     assert snapshot(data) == before
 
 
-def test_an_incomplete_folder_is_replaced(server, tiny_counts, tmp_path, capsys):
-    rte = tmp_path / "RTE"
-    rte.mkdir()
+def incomplete_rte(folder):
+    """An incomplete RTE/ that also holds what a user keeps there: a file and a folder of their own."""
+    rte = folder / "RTE"
+    (rte / "tokenized").mkdir(parents=True)
     (rte / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tentailment\n")
-    (rte / "stale.txt").write_text("from an earlier try")
+    (rte / "notes.txt").write_text("mine")
+    (rte / "tokenized" / "dev.tsv").write_text("a tokenized copy")
+    return rte
+
+
+def test_an_incomplete_folder_is_repaired_keeping_what_the_download_does_not_provide(
+        server, tiny_counts, tmp_path, capsys):
+    rte = incomplete_rte(tmp_path)
     status, out, err = run_cli(capsys, "--data_dir", tmp_path, "--tasks", "rte", "--base_url", server.url)
     assert (status, err) == (0, "")
     assert out.splitlines()[0] == ("rte: RTE/ is incomplete (train.tsv has 1 data rows, expected 3; dev.tsv missing; "
                                    f"test.tsv missing); downloading {server.url}/glue/data/RTE.zip")
     assert sorted(os.listdir(tmp_path)) == ["RTE"]
-    assert sorted(os.listdir(rte)) == ["dev.tsv", "test.tsv", "train.tsv"]
+    assert sorted(os.listdir(rte)) == ["dev.tsv", "notes.txt", "test.tsv", "tokenized", "train.tsv"]
     assert (rte / "train.tsv").read_text() == RTE_FILES["train.tsv"]
+    assert (rte / "notes.txt").read_text() == "mine"
+    assert (rte / "tokenized" / "dev.tsv").read_text() == "a tokenized copy"
+
+
+@pytest.mark.parametrize("step", ["keep", "swap"])
+def test_a_failed_swap_puts_the_old_folder_back(server, tiny_counts, tmp_path, capsys, monkeypatch, step):
+    """Moving the user's second entry into the new folder fails, or renaming the new folder in does:
+    the entries already moved go back, and the old folder is as it was."""
+    incomplete_rte(tmp_path)
+    before = snapshot(tmp_path)
+    replace = os.replace
+
+    def failing_replace(src, dst):
+        if (step == "keep" and src == str(tmp_path / "RTE" / "tokenized")) or \
+                (step == "swap" and dst == str(tmp_path / "RTE") and src.endswith(os.sep + "RTE")):  # not the undo
+            raise OSError(errno.EACCES, "Permission denied")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    status, _, err = run_cli(capsys, "--data_dir", tmp_path, "--tasks", "rte", "--base_url", server.url)
+    assert_one_line_error(status, err, "rte:", "Permission denied", "RTE is as it was")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["file", "symbolic link"])
+def test_a_task_name_taken_by_a_file_or_link_is_refused(server, tiny_counts, tmp_path, capsys, kind):
+    data = tmp_path / "glue"
+    data.mkdir()
+    if kind == "file":
+        (data / "RTE").write_text("a file of mine")
+    else:
+        incomplete_rte(tmp_path)
+        (data / "RTE").symlink_to(tmp_path / "RTE")
+    before = snapshot(tmp_path)
+    status, _, err = run_cli(capsys, "--data_dir", data, "--tasks", "rte", "--base_url", server.url)
+    assert_one_line_error(status, err, "rte:", f"is a {kind}, not a folder", "is as it was")
+    assert (snapshot(tmp_path), server.requests) == (before, [])
 
 
 @pytest.fixture
@@ -254,6 +319,46 @@ def test_a_server_error_changes_nothing(server, earlier_state, tmp_path, capsys,
     assert snapshot(tmp_path) == earlier_state
 
 
+def test_a_redirect_loop_is_one_line(server, tmp_path, capsys):
+    server.faults["/glue/data/AX.tsv"] = "loop"  # urllib's message for it holds two newlines
+    status, _, err = run_cli(capsys, "--data_dir", tmp_path, "--tasks", "ax", "--base_url", server.url)
+    assert_one_line_error(status, err, "ax:", f"{server.url}/glue/data/AX.tsv", "HTTP 302", "infinite loop")
+    assert os.listdir(tmp_path) == []
+
+
+def test_sigterm_mid_download_removes_the_download_folder(server, tmp_path):
+    server.faults["/glue/data/AX.tsv"] = "stall"
+    env = dict(os.environ, no_proxy="127.0.0.1")
+    process = subprocess.Popen(command("--data_dir", tmp_path, "--tasks", "ax", "--base_url", server.url),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        assert server.stalled.wait(30), "the download never started"
+        assert [name for name in os.listdir(tmp_path) if name.startswith(".diagnostic.download-")]
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 130
+    assert err == "interrupted\n"
+    assert out == f"ax: downloading {server.url}/glue/data/AX.tsv\n"
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "folder"])
+def test_a_file_mirror_entry_that_is_not_a_regular_file_is_refused(tmp_path, kind):
+    """Refused before reading: opening a FIFO would wait for a writer forever (the timeout makes that
+    a failure, not a hang)."""
+    source = tmp_path / "mirror" / "glue" / "data" / "AX.tsv"
+    source.parent.mkdir(parents=True)
+    os.mkfifo(source) if kind == "FIFO" else source.mkdir()
+    result = subprocess.run(command("--data_dir", tmp_path / "glue", "--tasks", "ax",
+                                    "--base_url", (tmp_path / "mirror").as_uri()),
+                            capture_output=True, text=True, cwd=REPO, timeout=20)
+    assert_one_line_error(result.returncode, result.stderr, "ax:", source.as_uri(), f"a {kind}, not a regular file")
+    assert os.listdir(tmp_path / "glue") == []
+
+
 def test_a_refused_connection_is_one_line(tmp_path, capsys):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -281,6 +386,7 @@ def test_an_archive_without_a_split_changes_nothing(server, tiny_counts, tmp_pat
     (["--tasks", "rte,snli"], ["unknown task 'snli'", "cola, sst"]),
     (["--tasks", ","], ["no task named"]),
     (["--base_url", "dl.fbaipublicfiles.com"], ["expected an http://"]),
+    (["--base_url", "http://mirror\n"], ["'http://mirror\\n'", "without control characters"]),
 ])
 def test_bad_flags_are_refused_before_any_request(server, tmp_path, capsys, argv, words):
     status, out, err = run_cli(capsys, "--data_dir", tmp_path / "glue", *argv)
@@ -298,8 +404,7 @@ def test_a_data_dir_that_is_a_file_is_refused(server, tmp_path, capsys):
 def test_the_command_reports_without_a_traceback(server, tmp_path):
     """As a process, with the official counts: the tiny RTE is refused in one line."""
     env = dict(os.environ, no_proxy="127.0.0.1")
-    result = subprocess.run([sys.executable, "-m", "stilts.cli.download_glue", "--data_dir", str(tmp_path),
-                             "--tasks", "rte", "--base_url", server.url],
+    result = subprocess.run(command("--data_dir", tmp_path, "--tasks", "rte", "--base_url", server.url),
                             capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert_one_line_error(result.returncode, result.stderr, "rte:", "train.tsv has 3 data rows, expected 2490")
     assert result.stdout == f"rte: downloading {server.url}/glue/data/RTE.zip\n"

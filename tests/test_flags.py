@@ -2,10 +2,9 @@
 by glue/train.py, and by stilts-run before its first run."""
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, RTE, refused, rte_args
 from stilts.cli import run as stilts_run
 from stilts.cli.train import main
-from test_hostile import RTE, refused, rte_args
 
 BAD_FLAGS = [
     (["--learning_rate", "nan"], "--learning_rate nan: must be a number > 0"),

@@ -12,14 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES, make_tiny_bert, refused_by, run_train
+from conftest import FIXTURES, RTE, make_tiny_bert, refused, rte_args, run_train
 from stilts.cli.train import main
 from stilts.errors import StiltsError
 from stilts.modeling import ModelSource, build_model
 from stilts.tasks import get_task
-
-RTE = os.path.join(FIXTURES, "RTE")
-
 
 class Payload:
     """Unpickling this runs a shell command: what a malicious `.p` file would do."""
@@ -29,17 +26,6 @@ class Payload:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
-
-
-def refused(capsys, *args):
-    """Run glue/train.py's main; it must exit 2 with one line on stderr, which is returned."""
-    return refused_by(capsys, main, args)
-
-
-def rte_args(model_dir, out, *extra):
-    args = ["--task_name", "rte", "--bert_model", model_dir, "--output_dir", out, "--do_lower_case",
-            "--not-verbose", "--no_cuda", "--max_seq_length", "32", *extra]
-    return [str(a) for a in args]
 
 
 # ----------------------------------------------------------------------------- checkpoints

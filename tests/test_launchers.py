@@ -68,14 +68,16 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, tiny_bert_dir
     it and its log."""
     out = tmp_path / "out"
     broken = out / "rte" / "baseline" / "seed_1"
-    (broken / "val_metrics.json").mkdir(parents=True)  # a folder where the run writes its metrics
+    # A folder where the run writes its dev logits (a folder where stilts-run reads a record, such as
+    # val_metrics.json, is refused before any run starts: test_study_records).
+    (broken / "val_preds.csv").mkdir(parents=True)
     result = run_study(out, tiny_bert_dir, "--max_retries", "2", targets="rte", seeds="1")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     log = (broken / launchers.LOG_NAME).read_text()
     assert [line.split(":")[0] for line in log.splitlines() if line.startswith("# stilts-run")] == ["# stilts-run, try 1"]
     failures = [line for line in result.stderr.splitlines() if "failed:" in line]
     assert len(failures) == 1 and "rte baseline seed 1 failed" in failures[0]
-    assert "val_metrics.json: cannot write" in failures[0] and str(broken / launchers.LOG_NAME) in failures[0]
+    assert "val_preds.csv: cannot write" in failures[0] and str(broken / launchers.LOG_NAME) in failures[0]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["missing"] == ["rte/baseline/seed_1"]
     assert "baseline" not in summary["targets"]["rte"] and len(summary["targets"]["rte"]["stilts"]["runs"]) == 1

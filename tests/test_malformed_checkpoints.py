@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import RTE, refused, rte_args
 from stilts.checkpoints import make_checkpoint
 from stilts.cli.train import main
 from stilts.modeling import ModelSource, build_model
 from stilts.tasks import get_task
-from test_hostile import RTE, refused, rte_args
 
 PLAIN_MODES = ("model_only", "full_model_only")
 STATE_MODES = ("state_model_only", "state_full_model", "state_all", "state_adapter")

@@ -18,14 +18,13 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, REPO, TRAIN_PY, refused_by
+from conftest import FIXTURES, REPO, RTE, TRAIN_PY, refused_by, rte_args
 from stilts import run_folder
 from stilts.cli import run as stilts_run
 from stilts.cli import evaluate, format_for_glue, make_submission
 from stilts.cli.train import main as train_main
 from stilts.errors import StiltsError
 from stilts.io import check_writable_folder, write_logits_csv
-from test_hostile import RTE, rte_args
 
 
 def snapshot(folder):

@@ -145,6 +145,23 @@ def test_table_plot_and_stdout(study):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_terminal_gets_a_line_per_run(study):
+    """A study's terminal shows its plan, a start and an end line per run (its time and dev score) and
+    the summary; each run's own output (settings, metrics) goes to its log."""
+    out, result = study
+    tables = set((out / "summary.md").read_text().splitlines() + (out / "transfer_matrix.md").read_text().splitlines())
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if not line.startswith(("stilts-run: ", "wrote ")) and line not in tables] == []
+    assert len([line for line in lines if ": start (log: " in line]) == 9
+    ends = [line for line in lines if ": done in " in line]
+    assert len(ends) == 9 and all(", dev acc " in line or ", dev corr " in line for line in ends), ends
+    assert "stilts-run: stage A: mnli 8 rows x 1 epoch(s), 80 rows scored" in result.stdout
+    assert "stilts-run: 9 of 9 runs to do, 1 at a time" in result.stdout
+    assert "stilts-run: no estimate yet: no run of" in result.stdout  # a fresh cache: no pace recorded
+    for folder in run_dirs(out).values():
+        assert '"metrics"' in (folder / "stilts-run.log").read_text()
+
+
 def test_rerun_skips_finished_runs_and_redoes_a_crashed_one(study, tiny_bert_dir, capfd):
     out, first = study
     assert "9 run(s) done, 0 skipped" in first.stdout
@@ -163,7 +180,8 @@ def test_rerun_skips_finished_runs_and_redoes_a_crashed_one(study, tiny_bert_dir
     stilts_run.main(study_argv(out, tiny_bert_dir))
     resumed = capfd.readouterr().out
     assert "1 run(s) done, 8 skipped as finished" in resumed
-    assert f"redoing the unfinished run in {crashed}" in resumed and "--force-overwrite" in resumed
+    assert f"redoing the unfinished run in {crashed} (no val_metrics.json)" in resumed
+    assert "--force-overwrite" in (crashed / "stilts-run.log").read_text()  # the command goes to the run's log
     assert (crashed / "val_metrics.json").is_file()
     assert all(p.stat().st_mtime_ns == before[p] for p in metrics_files if p.parent != crashed)
 

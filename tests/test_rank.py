@@ -120,3 +120,79 @@ def test_textemb_and_logme_with_another_encoder_family(tmp_path, capsys):
     methods = json.loads((tmp_path / "r.json").read_text())["methods"]
     assert all(np.isfinite(list(m["scores"].values())).all() for m in methods.values())
     assert methods["logme"]["scores"]["mnli"] != methods["logme"]["scores"]["qnli"]
+
+
+def bad_study(tmp_path, study, change):
+    """A copy of the study folder with `change(folder)` applied."""
+    folder = tmp_path / "bad-study"
+    shutil.copytree(study[0], folder)
+    change(folder)
+    return folder
+
+
+def write(name, content):
+    return lambda folder: (folder / name).write_text(content)
+
+
+@pytest.mark.parametrize("change,message", [
+    (write("summary.json", '{"targets": []}'), "summary.json: not a stilts-run summary ('targets'"),
+    (write("summary.json", '{"targets": {}, "intermediates": "mnli"}'), "'intermediates' a list of them"),
+    (write("summary.json", "[" * 100_000), "summary.json: not a JSON file (nested too deeply)"),
+    (write("intermediate_mnli/args.json", '{"bert_model": 5, "do_lower_case": true}'),
+     "intermediate_mnli/args.json: its bert_model should be a string"),
+])
+def test_a_damaged_study_is_one_line(study, tiny_bert_dir, tmp_path, capsys, change, message):
+    folder = bad_study(tmp_path, study, change)
+    err = refused_by(capsys, rank_main, ["--target", "rte", "--candidates", ",".join(CANDIDATES), "--study", folder,
+                                         "--glue_dir", FIXTURES, "--embedding_model", tiny_bert_dir])
+    assert message in err
+
+
+def test_bad_numbers_and_a_json_over_the_study(study, tiny_bert_dir, capsys):
+    out, _ = study
+    base = ["--target", "rte", "--candidates", "mnli,qnli", "--glue_dir", FIXTURES, "--bert_model", tiny_bert_dir,
+            "--embedding_model", tiny_bert_dir]
+    assert "--seed -1: must be from 0 to 2**32 - 1" in refused_by(capsys, rank_main, [*base, "--seed", "-1"])
+    err = refused_by(capsys, rank_main, [*base, "--max_seq_length", "513"])
+    assert f"--max_seq_length 513: {tiny_bert_dir} (--embedding_model) has position embeddings for 512 tokens" in err
+    before = (out / "summary.json").read_bytes()
+    err = refused_by(capsys, rank_main, [*base, "--study", out, "--json", out / "summary.json"])
+    assert "summary.json: a file of the study; name another file" in err
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_the_embedding_model_default_and_its_flag(tiny_bert_dir, capsys, monkeypatch):
+    """Without an installed all-MiniLM-L6-v2 and with the hub off, SEmb says so at once and names
+    --embedding_model; an embedding model that cannot be loaded names that flag, not --bert_model."""
+    from stilts import ranking
+
+    base = ["--target", "rte", "--candidates", "mnli,qnli", "--glue_dir", FIXTURES, "--method", "semb"]
+    monkeypatch.setattr(ranking, "embedding_model_folders", lambda: [])
+    err = refused_by(capsys, rank_main, base)
+    assert "semb: no all-MiniLM-L6-v2 here and the Hugging Face hub is off" in err and "--embedding_model" in err
+    err = refused_by(capsys, rank_main, [*base, "--embedding_model", "someone/missing-model"])
+    assert "pass a local model folder as --embedding_model" in err
+
+
+def test_logme_ranks_the_candidates_it_has_a_stage_a_for(study, tmp_path, capsys):
+    """A study candidate without a stage A is marked not scored by LogME, the others ranked; LogME on a
+    target whose sampled labels are one class warns that its scores mean nothing."""
+    folder = bad_study(tmp_path, study, lambda f: shutil.rmtree(f / "intermediate_qnli"))
+    rank("--target", "rte", "--candidates", ",".join(CANDIDATES), "--study", folder, "--glue_dir", FIXTURES,
+         "--method", "logme", "--json", tmp_path / "r.json")
+    printed = capsys.readouterr().out
+    logme = json.loads((tmp_path / "r.json").read_text())["methods"]["logme"]
+    assert set(logme["scores"]) == {"mnli", "sst"} and "qnli" in logme["not_scored"]
+    assert "logme: qnli not scored (no stage A checkpoint" in printed
+    assert "next: a prediction is a shortlist; measure it (top 2 by logme): stilts-run --intermediates" in printed
+
+    one_class = tmp_path / "one_class"
+    one_class.mkdir()
+    (one_class / "train.csv").write_text("a,label\n" + "".join(f"text {i},yes\n" for i in range(20)))
+    (one_class / "task.json").write_text(json.dumps({"name": "one_class", "files": {"train": "train.csv"},
+                                                     "text_a": "a", "labels": ["yes", "no"]}))
+    rank("--target", one_class / "task.json", "--candidates", "mnli,sst", "--study", folder, "--glue_dir", FIXTURES,
+         "--method", "logme", "--json", tmp_path / "r1.json")
+    assert "logme: warning: these scores mean nothing: every sampled one_class training example has the label 'yes'" \
+        in capsys.readouterr().out
+    assert "warning" in json.loads((tmp_path / "r1.json").read_text())["methods"]["logme"]

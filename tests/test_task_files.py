@@ -329,6 +329,82 @@ def test_bad_task_files_are_one_line(tmp_path, tiny_bert_dir, capsys, change, me
     assert not out.exists()
 
 
+def shift_rows(spec, folder):
+    """A stray comma in every row's text: each data row one field wider than the header (pandas read
+    such a file with the first field as an index, every column shifted)."""
+    lines = (folder / "train.csv").read_text().splitlines()
+    (folder / "train.csv").write_text("\n".join(lines[:1] + [line + ",extra" for line in lines[1:]]) + "\n")
+
+
+def as_tsv(change_line):
+    """The copy's train split as TSV, with `change_line(lines)` applied."""
+    def change(spec, folder):
+        data = pd.read_csv(folder / "train.csv", dtype=str, keep_default_na=False)
+        lines = data.to_csv(sep="\t", index=False).splitlines()
+        (folder / "train.tsv").write_text("\n".join(change_line(lines)) + "\n")
+        spec["files"]["train"] = "train.tsv"
+    return change
+
+
+WIDE = 1 << 20  # 1 MiB, the GLUE reader's limit on a line
+MALFORMED_DATA = [
+    (shift_rows, "train.csv:2: 5 comma-separated fields, but the header has 4 (a ',' inside a text without quotes?)"),
+    (as_tsv(lambda lines: lines[:2] + [lines[2] + "\tstray"] + lines[3:]),
+     "train.tsv:3: 5 tab-separated fields, but the header has 4 (a '\\t' inside a text?)"),
+    (as_tsv(lambda lines: lines[:1] + [lines[1].replace("\t", "\t\t", 1)[:-1]] + lines[2:]), "train.tsv:2: 5 tab"),
+    (write_bytes("train.csv", b"idx,sentence1,sentence2,label\n1,a\0b,c,entailment\n"),
+     "train.csv:2: NUL byte in line"),
+    (write_bytes("train.csv", b"idx,sentence1,sentence2,label\n1," + b"a" * (WIDE + 1) + b",c,entailment\n"),
+     "train.csv:2: cannot read as CSV: field larger than field limit"),
+    (write_bytes("train.csv", b"idx,sentence1,idx,label\n1,a,c,entailment\n"), "train.csv:1: column 'idx' is named twice"),
+    (write_bytes("train.csv", b""), "train.csv: empty file"),
+]
+
+
+@pytest.mark.parametrize("change,message", MALFORMED_DATA)
+def test_malformed_csv_and_tsv_rows_are_one_line(tmp_path, tiny_bert_dir, capsys, change, message):
+    """Rows of another width than the header, NUL bytes, fields over 1 MiB: refused as the GLUE reader
+    refuses them, naming the file and line; nothing written."""
+    task_file = bad_task(tmp_path, change)
+    out = tmp_path / "out"
+    err = refused_by(capsys, train_main, ["--task_name", task_file, "--bert_model", tiny_bert_dir, "--do_train",
+                                          "--output_dir", out, *TRAIN])
+    assert message in err
+    assert not out.exists()
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's JSON parser can go
+
+
+@pytest.mark.parametrize("where", ["task file", "JSON Lines row", "JSON Lines text", "parquet text"])
+def test_deep_json_nul_and_huge_values_in_typed_files(tmp_path, tiny_bert_dir, capsys, where):
+    """JSON nested past the parser's depth is one line (not a RecursionError); a NUL character or a text
+    over 1 MiB inside JSON Lines or parquet values is refused like the same bytes in a TSV line."""
+    task_file = write_copy(tmp_path, "rte", "parquet" if where == "parquet text" else "jsonl")
+    expected = {"task file": "task.json: not a JSON task file (nested too deeply)",
+                "JSON Lines row": "train.jsonl:2: not valid JSON (nested too deeply)",
+                "JSON Lines text": "train.jsonl:1: NUL character in column 'sentence1' (key 'text_a'); not text",
+                "parquet text": "train.parquet: row 1: column 'sentence1' (key 'text_a') holds 1048577 characters"}
+    if where == "task file":
+        (tmp_path / "task.json").write_text(DEEP)
+    elif where == "parquet text":
+        data = pd.read_parquet(tmp_path / "train.parquet")
+        data.loc[0, "sentence1"] = "a" * (WIDE + 1)
+        data.to_parquet(tmp_path / "train.parquet")
+    else:
+        lines = (tmp_path / "train.jsonl").read_text().splitlines()
+        if where == "JSON Lines row":
+            lines[1] = DEEP
+        else:
+            row = json.loads(lines[0])
+            row["sentence1"] = "a\u0000b"
+            lines[0] = json.dumps(row)
+        (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    err = refused_by(capsys, train_main, ["--task_name", task_file, "--bert_model", tiny_bert_dir, "--do_train",
+                                          "--output_dir", tmp_path / "out", *TRAIN])
+    assert expected[where] in err
+
+
 @pytest.mark.parametrize("content,message", [
     ("{", "task.json: not a JSON task file"),
     ("[1]", "task.json: a task file holds a JSON object, found list"),

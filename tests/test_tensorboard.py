@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from conftest import RTE, refused, rte_args
 from stilts.cli.train import main
-from test_hostile import RTE, refused, rte_args
 
 
 def test_curves_read_back_with_tensorboards_reader(tiny_bert_dir, tmp_path):

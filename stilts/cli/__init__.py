@@ -30,8 +30,19 @@ class OneLineErrors:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class DefaultsOnce(argparse.HelpFormatter):
+    """Each flag's default in --help once: argparse's "(default: X)", unless the help already says what
+    the default is, or there is none to say (no value, a switch that is off, a required flag)."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if "default" in help or action.required or action.default in (None, False, "", argparse.SUPPRESS):
+            return help
+        return help + " (default: %(default)s)"
+
+
 class ArgumentParser(OneLineErrors, argparse.ArgumentParser):
-    """The commands' parser: one-line errors, and every flag's default in --help."""
+    """The commands' parser: one-line errors, and every flag's default in --help, once."""
 
     def __init__(self, **kwargs):
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        super().__init__(formatter_class=DefaultsOnce, **kwargs)

@@ -5,6 +5,8 @@
 
 The work is in stilts/glue_download.py; see docs/download.md.
 """
+import signal
+
 from stilts import glue_download
 from stilts.cli import ArgumentParser, report_errors
 from stilts.io import check_writable_folder
@@ -24,8 +26,18 @@ def main(argv=None):
 
     names = glue_download.parse_tasks(args.tasks)
     check_writable_folder(args.data_dir, "--data_dir")
-    glue_download.download_glue(args.data_dir, names, args.base_url,
-                                report=lambda line: print(line, flush=True))
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        glue_download.download_glue(args.data_dir, names, args.base_url,
+                                    report=lambda line: print(line, flush=True))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt(signum, frame):
+    """SIGTERM (kill, a scheduler's time limit) as Ctrl-C: the hidden download folder is removed, and
+    the command ends with one line."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

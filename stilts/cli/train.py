@@ -10,9 +10,10 @@ import functools
 import logging
 import math
 import os
+import time
 
 from stilts import reporting, run_folder, settings
-from stilts.cli import OneLineErrors, report_errors
+from stilts.cli import DefaultsOnce, OneLineErrors, report_errors
 from stilts.errors import CannotResume, NonFiniteTraining, StiltsError
 from stilts.io import check_writable_folder
 from stilts.tasks import get_task, resolve_data_dir, run_splits
@@ -23,12 +24,14 @@ def build_parser():
     class Parser(OneLineErrors, HfArgumentParser):
         pass
 
-    return Parser(settings.GROUPS, allow_abbrev=False, description="Fine-tune, evaluate and predict one GLUE task (the seed's "
-                                               "glue/train.py). Every flag: docs/cli.md.")
+    return Parser(settings.GROUPS, allow_abbrev=False, formatter_class=DefaultsOnce,
+                  description="Fine-tune, evaluate and predict one GLUE task (the seed's glue/train.py). Every "
+                              "flag: docs/cli.md.")
 
 
-def check_args(args):
-    """Every check that needs no model: fail before anything is written or computed."""
+def check_args(args, data_flag="--data_dir"):
+    """Every check that needs no model: fail before anything is written or computed. `data_flag`: the
+    caller's flag for the data folder (stilts-run's --glue_dir), for the messages."""
     task = get_task(args.task_name, data_dir=args.data_dir)
     if not (args.do_train or args.do_val or args.do_test):
         raise StiltsError("nothing to do: pass at least one of --do_train, --do_val, --do_test")
@@ -52,7 +55,7 @@ def check_args(args):
         try:
             split_file.task.check_split(split_file.split, split_file.folder)
         except StiltsError as e:
-            flag = "--mnli_mm_data_dir" if split_file.key.startswith("mm_") else "--data_dir"
+            flag = "--mnli_mm_data_dir" if split_file.key.startswith("mm_") else data_flag
             raise StiltsError(f"{e} (needed by {asked_by[split_file.split]} for {split_file.task.name}); "
                               f"check {flag}") from None
     check_writable_folder(args.output_dir, "--output_dir")
@@ -81,6 +84,7 @@ NUMBER_RULES = [
     ("eval_batch_size", lambda v: v >= 1, "at least 1"),
     ("gradient_accumulation_steps", lambda v: v >= 1, "at least 1"),
     ("train_examples_number", lambda v: v is None or v >= 1, "at least 1"),
+    ("dev_examples_number", lambda v: v is None or v >= 1, "at least 1"),
     ("train_save_every", lambda v: v is None or v >= 1, "at least 1 (steps between checkpoints)"),
     ("logging_steps", lambda v: v >= 1, "at least 1"),
     ("pad_to_multiple_of", lambda v: v is None or v >= 1, "at least 1"),
@@ -123,6 +127,7 @@ def model_limits(bert_model, config_path, vocab_path, pair):
 
 @report_errors
 def main(argv=None):
+    started = time.monotonic()
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%m/%d/%Y %H:%M:%S",
                         level=logging.WARNING if args.not_verbose else logging.INFO)
@@ -137,7 +142,7 @@ def main(argv=None):
     with in_use:
         ctx = distributed.init_distributed(no_cuda=args.no_cuda, local_rank=args.local_rank)
         try:
-            finetune.run(args, ctx, task, splits_of(args, task, data_dir))
+            finetune.run(args, ctx, task, splits_of(args, task, data_dir), started)
         except NonFiniteTraining as e:
             raise StiltsError(f"{e}. Try a lower --learning_rate, or fp32 instead of --fp16/--bf16") from None
         except CannotResume as e:
