@@ -212,7 +212,7 @@ def equivalence(report, device, rte_dir, smoke):
                     trainer.warm_up(features.subset(batch), features)
                 logits, _ = trainer.predict(features)
                 before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-                trainer._make_optimizer(total_steps=1)
+                trainer.make_optimizer(total_steps=1)
                 trainer.wrapped.train()
                 trainer.train_step(features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
                 # All parameters as one vector: a tensor whose gradient is zero in exact arithmetic

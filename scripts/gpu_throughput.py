@@ -71,7 +71,7 @@ def throughput(config, precision, args):
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = Trainer(model, get_task("rte"), settings, DistContext(device=device), output_dir, run_args={},
                           max_seq_length=args.seq_len, verbose=False)
-        trainer._make_optimizer(total_steps=args.warmup + args.steps)
+        trainer.make_optimizer(total_steps=args.warmup + args.steps)
         trainer.wrapped.train()
         features = synthetic_features(config, args.batch_size, args.seq_len)
         batch = np.arange(args.batch_size)

@@ -22,7 +22,6 @@ from stilts.features import load_features
 from stilts.io import write_csv, write_json, write_logits_csv
 from stilts.modeling import ModelSource, build_model, print_trainable_params, warn_if_fp16_overflows
 from stilts.settings import TrainSettings, base_path_from_args, features_cache_dir
-from stilts.tasks import GlueTask, get_task
 from stilts.trainer import Trainer
 
 
@@ -61,8 +60,8 @@ def run(args, ctx, task, split_files, started=None):
                               base_path_from_args(args.bert_base_path, args.bert_load_args), pretrained)
     if args.bert_load_mode in HEAD_KEEPING_MODES:
         check_recorded_labels(task, checkpoint, args.bert_load_path)
-    if task.labels is not None and not isinstance(task, GlueTask):  # a task file's labels may come from its data
-        args.task_labels = list(task.labels)
+    if task.recorded_labels() is not None:  # a task file's labels may come from its data
+        args.task_labels = task.recorded_labels()
     if args.bert_load_mode == "state_all" and not seed_given and "train_state" in checkpoint:
         args.seed = checkpoint["train_state"]["seed"]  # resuming without --seed: the run's own data order
         set_seed(args, ctx)
@@ -99,18 +98,10 @@ def record_pace(args, ctx, trainer, seconds):
         return
     overhead = max(0.0, seconds - trainer.train_seconds - trainer.scored_seconds)
     with contextlib.suppress(StiltsError):  # a record, not an output: a full disk must not fail the run
-        pace.record(cache_dir, pace_key(args.bert_model, args.max_seq_length, TrainSettings.of(args).precision,
+        pace.record(cache_dir, pace.key_of(args.bert_model, args.max_seq_length, TrainSettings.of(args).precision,
                                         ctx.device),
                     pace.Pace(trainer.train_examples / trainer.train_seconds,
                               trainer.scored_examples / trainer.scored_seconds, overhead))
-
-
-def pace_key(bert_model, max_seq_length, precision, device):
-    """What sets a run's pace (stilts-run builds the same key for its estimate)."""
-    model = os.path.abspath(bert_model) if os.path.isdir(bert_model) else bert_model
-    if device.type == "cuda":  # a GPU's pace does not depend on the CPU threads
-        return pace.PaceKey(model, max_seq_length, precision, torch.cuda.get_device_name(device), 0)
-    return pace.PaceKey(model, max_seq_length, precision, "cpu", torch.get_num_threads())
 
 
 def check_recorded_labels(task, checkpoint, path):
@@ -126,7 +117,6 @@ def write_outputs(args, ctx, trainer, splits, split_files, samples):
     """Train, save, score dev and predict test, as the --do_* flags ask (`samples`: the rows of each
     sampled dev split)."""
     out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
-    files = {f.key: f for f in split_files}
 
     if args.do_train:
         history = trainer.train(splits["train"], splits.get("dev") if args.do_val_history else None)
@@ -140,42 +130,40 @@ def write_outputs(args, ctx, trainer, splits, split_files, samples):
     if args.do_save:
         trainer.save(out("all_state.p"), args.bert_save_mode)
 
-    if args.do_val:
-        # With --do_val_history the dev set was just scored after the last epoch, with these weights.
-        result = trainer.last_validation if args.do_train and args.do_val_history else None
-        result = result or trainer.validate(splits["dev"])
-        metrics = dict(result["metrics"])
-        if ctx.is_main:
-            write_logits_csv(out("val_preds.csv"), result["logits"])
-            write_predictions_csv(out("val_predictions.csv"), files["dev"], result["logits"], rows=samples.get("dev"))
-        if "mm_dev" in splits:
-            mm_result = trainer.validate(splits["mm_dev"], task=get_task("mnli-mm"))
-            metrics.update({"mm-" + k: v for k, v in mm_result["metrics"].items()})
+    if args.do_val:  # the task's dev split, then its companions' (MNLI: mm_dev), each with its own outputs
+        metrics, companion_scores = {}, {}
+        for f in (f for f in split_files if f.split == "dev"):
+            if f.prefix:
+                result = trainer.validate(splits[f.key], task=f.task)
+                scores = {f.prefix.replace("_", "-") + k: v for k, v in result["metrics"].items()}
+                companion_scores.update(scores)
+            else:
+                # With --do_val_history the dev set was just scored after the last epoch, with these weights.
+                result = trainer.last_validation if args.do_train and args.do_val_history else None
+                result = main = result or trainer.validate(splits["dev"])
+                scores = dict(result["metrics"])
+            metrics.update(scores)
             if ctx.is_main:
-                write_logits_csv(out("mm_val_preds.csv"), mm_result["logits"])
-                write_predictions_csv(out("mm_val_predictions.csv"), files["mm_dev"], mm_result["logits"],
-                                      rows=samples.get("mm_dev"))
-        report = {"loss": result["loss"], "metrics": metrics}
+                write_logits_csv(out(f"{f.prefix}val_preds.csv"), result["logits"])
+                write_predictions_csv(out(f"{f.prefix}val_predictions.csv"), f, result["logits"],
+                                      rows=samples.get(f.key))
+        report = {"loss": main["loss"], "metrics": metrics}
         if samples:  # the metrics are a sample's: say of how many rows
             report["dev_sample"] = {key: {"rows": len(rows), "seed": args.seed} for key, rows in samples.items()}
         if ctx.is_main:
             write_json(out("val_metrics.json"), report)
             print(json.dumps(report, indent=2))
-        scores = {**metrics, "loss": result["loss"]}
-        if result is trainer.last_validation:  # on the curves already, but for MNLI's mismatched half
-            scores = {k: v for k, v in scores.items() if k.startswith("mm-")}
-        trainer.report_eval(scores)
+        # On the curves already after the last epoch (--do_val_history), but for the companions' scores.
+        trainer.report_eval(companion_scores if main is trainer.last_validation
+                            else {**metrics, "loss": main["loss"]})
 
     if args.do_test:
-        logits, _ = trainer.predict(splits["test"], desc="Predicting (test)")
-        if ctx.is_main:
-            write_logits_csv(out("test_preds.csv"), logits)
-            if not isinstance(trainer.task, GlueTask):  # no leaderboard format: ids and predicted labels
-                write_predictions_csv(out("test_predictions.csv"), files["test"], logits, gold=False)
-        if "mm_test" in splits:
-            mm_logits, _ = trainer.predict(splits["mm_test"], desc="Predicting (mm test)")
+        for f in (f for f in split_files if f.split == "test"):
+            logits, _ = trainer.predict(splits[f.key], desc=f"Predicting ({f.key.replace('_', ' ')})")
             if ctx.is_main:
-                write_logits_csv(out("mm_test_preds.csv"), mm_logits)
+                write_logits_csv(out(f"{f.prefix}test_preds.csv"), logits)
+                if f.task.leaderboard is None:  # no leaderboard format: ids and predicted labels
+                    write_predictions_csv(out(f"{f.prefix}test_predictions.csv"), f, logits, gold=False)
 
 
 def write_predictions_csv(path, split_file, logits, gold=True, rows=None):
@@ -210,8 +198,8 @@ def load_splits(args, split_files, tokenizer):
         splits["train"] = splits["train"].subset(sample(len(splits["train"]), args.train_examples_number, args.seed,
                                                         "--train_examples_number", "the train set"))
     samples = {}
-    for key in ("dev", "mm_dev"):
-        if key in splits and args.dev_examples_number is not None:
+    for key in (f.key for f in split_files if f.split == "dev"):
+        if args.dev_examples_number is not None:
             samples[key] = sample(len(splits[key]), args.dev_examples_number, args.seed, "--dev_examples_number",
                                   f"the {key.replace('_', ' ')} set")
             splits[key] = splits[key].subset(samples[key])

@@ -1,355 +1,121 @@
-"""Carrying out a study's runs: where they run, in what order, and what happens when one fails.
+"""Where a study's runs run: one small interface for every engine, and one driver for all of them.
 
-Each run is one stilts-train process, and `attempt` carries it to its end the same way whichever
-engine started it: skip it when it finished before, resume it from its newest periodic checkpoint
-(`--train_save_every`, with a save mode that keeps the training state) or redo its unfinished
-folder, and try again up to `max_retries` times. Its output goes to `<run folder>/stilts-run.log`.
+An engine is an `Executor` (the shape of submitit's): `submit(runs)` hands it runs that may start
+now and returns a `Job` per run, whose `result()` is the run's `Outcome`; `wait(jobs)` returns the
+jobs that ended; `slots` says how many runs it takes at once (none: it queues them itself). Each run is carried to its end by `stilts.attempt.attempt` wherever it runs, so
+resuming, redoing and retrying are the same on every engine. `carry_out` is the driver: it skips the
+runs that finished before, submits a target run only once its stage A finished well (and reports
+it not started when that failed), reports progress, and `run_study` writes the summary. Adding an
+engine means writing one Executor class and naming it in EXECUTORS.
 
 The engines spread the runs; none of them is written here:
   local     a pool of `--jobs` threads, each waiting on its run's process (concurrent.futures), one
             GPU (or `--gpus_per_run`, then torchrun) per run, or the CPU cores divided between runs;
-  submitit  a SLURM job array per stage (stage A, then the target runs), requeued on pre-emption
-            and time-outs (submitit's checkpoint protocol), or submitit's local executor;
-  ray       a Ray task per run, needing its stage A's task (Ray resolves the dependency).
-A target run starts only after its intermediate's stage A finished; a run whose stage A failed
-is not started, and is reported with the failed ones.
+  submitit  a SLURM job array per batch of runs that may start together (the stage A runs and the
+            baseline runs, then each stage A's target runs), requeued on pre-emption and time-outs
+            (submitit's checkpoint protocol), or submitit's local executor;
+  ray       a Ray task per run, on a cluster or on a Ray started here for the study; Ray queues them.
 """
 import concurrent.futures
-import ctypes
 import dataclasses
-import glob
+import importlib.util
 import os
 import queue
-import re
-import shlex
-import signal
-import subprocess
-import sys
-import threading
 import time
+from typing import Callable, Optional
 
 from stilts import run_folder
+from stilts.attempt import Attempts, Outcome, Stop, attempt
 from stilts.errors import StiltsError
-
-LOG_NAME = run_folder.LOG_NAME
-TRAIN_MODULE = ["-m", "stilts.cli.train"]
-PERIODIC = re.compile(r"all_state___epoch(\d+)___batch(\d+)\.p$")
+from stilts.progress import Progress, format_seconds
+from stilts.settings import setting
 
 
-@dataclasses.dataclass
-class Attempts:
-    """How every run is tried: the same on every engine (pickled to submitit and Ray workers)."""
-    max_retries: int = 0
-    processes: int = 1          # > 1: torchrun with this many processes (--gpus_per_run)
+@dataclasses.dataclass(eq=False)
+class Job:
+    """A submitted run; `result()` is its Outcome. An engine that lost the run (a job cancelled, out
+    of memory, a node gone) gives a failed Outcome, never an exception."""
+    run: object
+    handle: object                  # the engine's own: a Future, a submitit Job, a Ray ObjectRef
+    get: Callable = None            # handle -> Outcome
 
-
-BAD_INPUT = 2  # stilts-train's exit status for bad input: trying again would fail the same way
-
-
-@dataclasses.dataclass
-class Outcome:
-    status: str                 # "finished" (ran now), "skipped" (finished before), "failed", "not started"
-    seconds: float = 0.0
-    tries: int = 0
-    error: str = ""
-
-    @property
-    def ok(self):
-        return self.status in ("finished", "skipped")
-
-
-def log_path(run):
-    return os.path.join(run.folder, LOG_NAME)
-
-
-def newest_checkpoint(folder):
-    """The latest all_state___epochE___batchB.p a run left, or None."""
-    found = [(tuple(map(int, PERIODIC.search(p).groups())), p)
-             for p in glob.glob(os.path.join(glob.escape(folder), "all_state___epoch*___batch*.p")) if PERIODIC.search(p)]
-    return max(found)[1] if found else None
-
-
-def command_for(run, attempts):
-    """The stilts-train command that continues `run` from where its folder stands."""
-    argv = list(run.argv)
-    checkpoint = newest_checkpoint(run.folder) if run.resumable else None
-    if checkpoint:  # the same training, continued: weights, optimizer, schedule, data position
-        argv = _without(argv, "--bert_load_mode", "--bert_load_path") + [
-            "--bert_load_mode", "state_all", "--bert_load_path", checkpoint]
-    if run_folder.user_files(run.folder):
-        argv.append("--force-overwrite")
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                 str(attempts.processes)] if attempts.processes > 1 else [sys.executable])
-    return launcher + TRAIN_MODULE + argv
-
-
-def _without(argv, *flags):
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item in flags:
-            skip = True
-        else:
-            out.append(item)
-    return out
-
-
-def attempt(run, attempts, env=None, stop=None):
-    """Carry `run` to its end (see the module docstring); never raises for a failing run. `stop`
-    (a local study's Stop) ends it early when the study is interrupted."""
-    if run.finished():
-        return Outcome("skipped")
-    started, error = time.monotonic(), ""
-    for number in range(1, attempts.max_retries + 2):
-        if stop is not None and stop.is_set():
-            return Outcome("failed", time.monotonic() - started, number - 1, "interrupted")
-        command = command_for(run, attempts)
-        os.makedirs(run.folder, exist_ok=True)
-        with open(log_path(run), "a", encoding="utf-8") as log:
-            log.write(f"{_line_break(log_path(run))}# stilts-run, try {number}: {shlex.join(command)}\n")
-            log.flush()
-            code = _run(command, log, env, stop)
-        if code == 0 and run.finished():
-            return Outcome("finished", time.monotonic() - started, number)
-        error = _last_error(run) or (f"exit status {code}" if code else "ended without writing its outputs")
-        if code == BAD_INPUT or (stop is not None and stop.is_set()):  # bad input fails again; or stopped
-            return Outcome("failed", time.monotonic() - started, number, error)
-    return Outcome("failed", time.monotonic() - started, attempts.max_retries + 1, error)
-
-
-def _line_break(path):
-    """A newline when the log ends inside a line (a progress bar's last \\r update), so that the next
-    header starts a line of its own."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() == 0:
-            return ""
-        f.seek(-1, os.SEEK_END)
-        return "" if f.read(1) == b"\n" else "\n"
-
-
-class Stop:
-    """A local study being interrupted: no new try starts, and the runs in progress are ended."""
-
-    def __init__(self):
-        self.event, self.lock, self.live = threading.Event(), threading.Lock(), set()
-
-    def is_set(self):
-        return self.event.is_set()
-
-    def halt(self):
-        self.event.set()
-        with self.lock:
-            for process in self.live:
-                _end(process)
-
-
-def _run(command, log, env, stop=None):
-    """The process's exit status; its output goes to the log (the study's terminal gets a line per run).
-    The run is its own process group (torchrun and its workers), ended with SIGTERM, and gets SIGTERM
-    too when the thread that started it ends, even if the launcher is killed: a run left behind would
-    hold its folder's lock against the repeated study."""
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True, preexec_fn=_die_with_parent)
-    if stop is not None:
-        with stop.lock:
-            stop.live.add(process)
-    try:
-        return process.wait()
-    except BaseException:  # interrupted here (one run at a time): the run ends with us
-        _end(process)
-        raise
-    finally:
-        if stop is not None:
-            with stop.lock:
-                stop.live.discard(process)
-
-
-def _end(process):
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    process.wait()
-
-
-def _parent_death_signal():
-    """Linux's prctl, looked up here: the forked child only calls it (no imports, no locks)."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _parent_death_signal()
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent():
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)  # torchrun passes SIGTERM on to its workers
-
-
-def _last_error(run):
-    """The error line a failed stilts-train printed (its last line naming an error), for the report."""
-    try:
-        with open(log_path(run), encoding="utf-8", errors="replace") as f:
-            lines = [line.strip() for line in f if "error:" in line or "Error" in line]
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress
-
-
-class Progress:
-    """One line per run that starts and per run that ends (its time and dev score): runs done /
-    running / failed, and the time left. The estimate sums, over the runs left, the mean time of the
-    finished runs of the same kind (stage A or target run, of the same task), else what the machine's
-    recorded pace (`pace()`, stilts.pace) gives for the run's work, else the mean of the same stage;
-    divided by the runs that run at once (`parallel`, else the run-seconds finished per second of wall
-    time so far). Engines call it from their threads: a lock keeps the counts whole."""
-
-    def __init__(self, runs, report=print, parallel=None, pace=lambda: None):
-        self.runs, self.report, self.lock, self.parallel = list(runs), report, threading.Lock(), parallel
-        self.pace = pace
-        self.total = len(self.runs)
-        self.done = self.failed = self.running = 0
-        self.seconds = {}  # run folder -> how long it took, of the runs that ran now
-        self.ended = set()
-        self.started = time.monotonic()
-
-    def start(self, run=None, why=None):
-        with self.lock:
-            self.running += 1
-            if run is not None:
-                what = f"redoing the unfinished run in {run.folder} ({why})" if why else "start"
-                self.report(f"stilts-run: {run.label}: {what} (log: {log_path(run)})")
-
-    def end(self, run, outcome):
-        with self.lock:
-            if outcome.status in ("finished", "failed"):
-                self.running = max(0, self.running - 1)
-            self.done += outcome.ok
-            self.failed += not outcome.ok
-            self.ended.add(run.folder)
-            if outcome.status == "finished":
-                self.seconds[run.folder] = outcome.seconds
-            what = {"finished": f"done in {format_seconds(outcome.seconds)}{_score(run)}", "skipped": "skip (finished)",
-                    "failed": f"FAILED after {outcome.tries} tries ({outcome.error}); log: {log_path(run)}",
-                    "not started": "not started: its stage A failed"}[outcome.status]
-            left = self.estimate()
-            estimate = f", about {format_seconds(left)} left" if left else ""
-            self.report(f"stilts-run: {run.label}: {what} [{self.done}/{self.total} done, {self.running} running, "
-                        f"{self.failed} failed{estimate}]")
-
-    def estimate(self):
-        """Seconds left, or None before any run of a kind that is left has finished."""
-        timed = [run for run in self.runs if run.folder in self.seconds]
-        left = [run for run in self.runs if run.folder not in self.ended]
-        if not timed or not left:
-            return None
-        expected, pace = 0.0, self.pace()
-        for run in left:
-            alike = [r for r in timed if _kind(r) == _kind(run)]
-            if not alike and pace is not None and run.work:
-                expected += pace.seconds(*run.work)
-                continue
-            alike = alike or [r for r in timed if _kind(r)[0] == _kind(run)[0]] or timed
-            expected += sum(self.seconds[r.folder] for r in alike) / len(alike)
-        elapsed = time.monotonic() - self.started
-        at_once = self.parallel or max(1.0, sum(self.seconds.values()) / max(elapsed, 1e-9))
-        return expected / max(1.0, min(at_once, len(left)))
-
-
-def _kind(run):
-    """(stage, task): runs of one kind take about as long."""
-    return ("stage A" if run.after is None and not run.arm else "target", run.task)
-
-
-def _score(run):
-    """', dev acc 0.6534': the finished run's dev score, for its line."""
-    try:
-        return f", dev {run.metric} {run_folder.dev_metrics(run.folder)[run.metric]:.4f}" if run.metric else ""
-    except (StiltsError, KeyError):
-        return ""
-
-
-def format_seconds(seconds):
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
-def not_started(run, outcomes):
-    """Whether a run must not start: its stage A did not end well."""
-    return run.after is not None and not outcomes[run.after.folder].ok
-
-
-# ---------------------------------------------------------------------------------------------
-# The engines: each returns {run folder: Outcome}
-
-
-def launch_local(stage_a, runs, attempts, jobs=1, gpus_per_run=0, report=print, pace=lambda: None):
-    """A pool of `jobs` threads, each waiting on one run's process. Runs start in the plan's order
-    (every stage A first), a target run once its stage A finished."""
-    devices = visible_gpus() if gpus_per_run else []
-    groups = queue.Queue()  # the GPU sets free for a run
-    for g in range(len(devices) // gpus_per_run if gpus_per_run else 0):
-        groups.put(",".join(devices[g * gpus_per_run:(g + 1) * gpus_per_run]))
-    jobs = min(jobs, groups.qsize()) if gpus_per_run else jobs
-    env = dict(os.environ)
-    if not gpus_per_run and jobs > 1 and "OMP_NUM_THREADS" not in env:  # the cores, divided between the runs
-        threads = str(max(1, (os.cpu_count() or 1) // jobs))
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    progress, stop = Progress(stage_a + runs, report, parallel=jobs, pace=pace), Stop()
-
-    def one(run):
-        run_env = dict(env)
-        group = groups.get() if gpus_per_run else None
-        if group is not None:
-            run_env["CUDA_VISIBLE_DEVICES"] = group
+    def result(self):
         try:
-            why = run.unfinished()
-            if why:
-                progress.start(run, why if run_folder.user_files(run.folder) else None)
-            return attempt(run, attempts, run_env, stop)
+            return self.get(self.handle)
+        except Exception as e:
+            first_line = (str(e).splitlines() or [""])[0][:200]
+            return Outcome("failed", tries=1, error=f"{type(e).__name__}: {first_line}" if first_line
+                           else type(e).__name__)
+
+
+class Executor:
+    """One engine. `submit(runs)` starts runs that may start now and returns their jobs; `wait(jobs)`
+    blocks until at least one of them ended and returns those; entering and leaving the executor starts
+    and stops the engine."""
+    slots: Optional[int] = None     # runs at once: the driver hands over no more (None: the engine queues)
+    parallel: Optional[int] = None  # runs the engine runs at once, for the estimates (None: slots, else measured)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, runs):
+        raise NotImplementedError
+
+    def wait(self, jobs):
+        raise NotImplementedError
+
+
+class LocalExecutor(Executor):
+    """A pool of `--jobs` threads here, each waiting on its run's process; runs start in the order
+    they were submitted."""
+
+    def __init__(self, launch, study_folder):
+        self.gpus = launch.gpus_per_run or (1 if visible_gpus() else 0)
+        self.attempts = Attempts(max_retries=launch.max_retries, processes=max(1, self.gpus))
+        devices = visible_gpus() if self.gpus else []
+        self.groups = queue.Queue()  # the GPU sets free for a run
+        for g in range(len(devices) // self.gpus if self.gpus else 0):
+            self.groups.put(",".join(devices[g * self.gpus:(g + 1) * self.gpus]))
+        self.slots = min(launch.jobs, self.groups.qsize()) if self.gpus else launch.jobs
+        self.env = dict(os.environ)
+        if not self.gpus and self.slots > 1 and "OMP_NUM_THREADS" not in self.env:  # the cores, divided
+            threads = str(max(1, (os.cpu_count() or 1) // self.slots))
+            self.env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        self.stop = Stop()
+
+    def __enter__(self):
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.slots)
+        return self
+
+    def __exit__(self, kind, *rest):
+        if kind is not None:  # Ctrl-C: no new run or try, the running ones ended
+            self.stop.halt()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            self.pool.shutdown()
+        return False
+
+    def submit(self, runs):
+        return [Job(run, self.pool.submit(self._one, run), concurrent.futures.Future.result) for run in runs]
+
+    def _one(self, run):
+        env = dict(self.env)
+        group = self.groups.get() if self.gpus else None
+        if group is not None:
+            env["CUDA_VISIBLE_DEVICES"] = group
+        try:
+            return attempt(run, self.attempts, env, self.stop)
         finally:
             if group is not None:
-                groups.put(group)
+                self.groups.put(group)
 
-    order, outcomes, in_flight = stage_a + runs, {}, {}
-    pool = concurrent.futures.ThreadPoolExecutor(jobs)
-    try:
-        while len(outcomes) < len(order):
-            for run in order:  # start what may start, in order, up to `jobs` at a time
-                if len(in_flight) >= jobs:
-                    break
-                if run.folder in outcomes or run.folder in in_flight.values():
-                    continue
-                if run.after is not None and run.after.folder not in outcomes:
-                    continue
-                if not_started(run, outcomes):
-                    outcomes[run.folder] = Outcome("not started")
-                    progress.end(run, outcomes[run.folder])
-                    continue
-                in_flight[pool.submit(one, run)] = run.folder
-            if not in_flight:
-                continue
-            finished, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in finished:
-                folder = in_flight.pop(future)
-                outcomes[folder] = future.result()
-                progress.end(next(r for r in order if r.folder == folder), outcomes[folder])
-    except BaseException:  # Ctrl-C: no new run or try, the running ones ended
-        stop.halt()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
-    return outcomes
+    def wait(self, jobs):
+        done, _ = concurrent.futures.wait([job.handle for job in jobs],
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        return [job for job in jobs if job.handle in done]
 
 
 def visible_gpus():
@@ -378,80 +144,195 @@ class SubmititRun:
         return submitit.helpers.DelayedSubmission(self, run)
 
 
-def launch_submitit(stage_a, runs, attempts, folder, cluster=None, parameters=None, report=print, pace=lambda: None):
-    """Stage A as one job array, then the target runs as another; waits for both."""
-    import submitit
+class SubmititExecutor(Executor):
+    """Each batch of runs one SLURM job array (or submitit's local executor); jobs in <study>/submitit."""
+    poll_seconds = 2.0
 
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    executor.update_parameters(**(parameters or {}))
-    progress = Progress(stage_a + runs, report, pace=pace)
-    outcomes = {}
-    for wave in (stage_a, runs):
-        todo = []
-        for run in wave:
-            if not_started(run, outcomes):
-                outcomes[run.folder] = Outcome("not started")
+    def __init__(self, launch, study_folder):
+        import submitit
+
+        self.attempts = Attempts(max_retries=launch.max_retries, processes=max(1, launch.gpus_per_run))
+        cluster = None if launch.submitit_cluster == "auto" else launch.submitit_cluster
+        self.executor = submitit.AutoExecutor(folder=os.path.join(study_folder, "submitit"), cluster=cluster)
+        extra = dict(item.split("=", 1) for item in launch.slurm_extra.split(",") if item.strip())
+        parameters = {"timeout_min": launch.slurm_time, "cpus_per_task": launch.cpus,
+                      "gpus_per_node": launch.gpus_per_run, "slurm_additional_parameters": extra}
+        if launch.slurm_partition:
+            parameters["slurm_partition"] = launch.slurm_partition
+        if launch.slurm_array_parallelism:
+            parameters["slurm_array_parallelism"] = launch.slurm_array_parallelism
+        self.executor.update_parameters(**parameters)
+
+    def submit(self, runs):
+        with self.executor.batch():
+            jobs = [self.executor.submit(SubmititRun(self.attempts), run) for run in runs]
+        return [Job(run, job, lambda job: job.result()) for run, job in zip(runs, jobs)]
+
+    def wait(self, jobs):
+        while True:
+            done = [job for job in jobs if job.handle.done()]
+            if done:
+                return done
+            time.sleep(self.poll_seconds)
+
+
+class RayExecutor(Executor):
+    """Every run a Ray task, on the cluster at --ray_address, else on a Ray started here for the study."""
+
+    def __init__(self, launch, study_folder):
+        self.address, self.cpus, self.gpus = launch.ray_address, launch.cpus, launch.gpus_per_run
+        self.attempts = Attempts(max_retries=launch.max_retries, processes=max(1, launch.gpus_per_run))
+
+    def __enter__(self):
+        import ray
+
+        self.started_here = not ray.is_initialized()
+        if self.started_here:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     **({} if self.address else {"num_cpus": os.cpu_count()}))
+        self.task = ray.remote(attempt).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
+        self.parallel = int(ray.cluster_resources().get("CPU", 1) // max(self.cpus, 1)) or 1  # Ray queues the rest
+        return self
+
+    def __exit__(self, *exc):
+        import ray
+
+        if self.started_here:
+            ray.shutdown()
+        return False
+
+    def submit(self, runs):
+        import ray
+
+        return [Job(run, self.task.remote(run, self.attempts), ray.get) for run in runs]
+
+    def wait(self, jobs):
+        import ray
+
+        done, _ = ray.wait([job.handle for job in jobs], num_returns=1)
+        return [job for job in jobs if job.handle in done]
+
+
+EXECUTORS = {"local": LocalExecutor, "submitit": SubmititExecutor, "ray": RayExecutor}
+
+
+@dataclasses.dataclass
+class LaunchSettings:
+    """stilts-run's flags of where the runs run, declared once: the command line is built from these
+    fields (stilts.flags.add_flags), and __post_init__ checks them together."""
+    launcher: str = setting("local: --jobs runs at a time here; submitit: SLURM job arrays (or submitit's local "
+                            "executor); ray: Ray tasks", "local", choices=tuple(EXECUTORS))
+    jobs: int = setting("local: runs at a time (CPU: the cores are divided)", 1)
+    gpus_per_run: int = setting("GPUs per run (more than 1: torchrun inside the run); local default: 1 on a GPU "
+                                "machine", 0)
+    cpus_per_run: Optional[int] = setting("submitit and ray: CPU cores per run (default: 1 per GPU, else 1)", None)
+    max_retries: int = setting("tries after a run's first failure", 1)
+    submitit_cluster: str = setting("submitit's executor (auto: SLURM where sbatch exists, else local processes)",
+                                    "auto", choices=("auto", "slurm", "local", "debug"))
+    slurm_partition: Optional[str] = setting("the SLURM partition of the jobs (default: the cluster's)", None)
+    slurm_time: int = setting("minutes a run's job may take", 60 * 24)
+    slurm_array_parallelism: Optional[int] = setting("jobs of an array at once", None)
+    slurm_extra: str = setting("more sbatch options, KEY=VALUE,KEY=VALUE (e.g. account=abc,qos=high)", "")
+    ray_address: Optional[str] = setting("a running Ray cluster (default: start one here)", None)
+
+    def __post_init__(self):
+        for flag in ("jobs", "gpus_per_run", "cpus_per_run", "max_retries", "slurm_time", "slurm_array_parallelism"):
+            value = getattr(self, flag)
+            least = 0 if flag in ("gpus_per_run", "max_retries") else 1
+            if value is not None and value < least:
+                raise StiltsError(f"--{flag} {value}: must be at least {least}")
+        if self.jobs > 1 and self.launcher != "local":
+            raise StiltsError(f"--jobs is for --launcher local; {self.launcher} spreads the runs itself")
+        if self.launcher == "local" and self.gpus_per_run and len(visible_gpus()) < self.gpus_per_run:
+            raise StiltsError(f"--gpus_per_run {self.gpus_per_run}: this machine has {len(visible_gpus())} GPU(s) "
+                              f"(CUDA_VISIBLE_DEVICES)")
+        if self.launcher != "local" and importlib.util.find_spec(self.launcher) is None:
+            raise StiltsError(f"--launcher {self.launcher} needs the {self.launcher} package: "
+                              f"pip install 'stilts[{self.launcher}]'")
+        try:
+            dict(item.split("=", 1) for item in self.slurm_extra.split(",") if item.strip())
+        except ValueError:
+            raise StiltsError(f"--slurm_extra {self.slurm_extra!r}: expected KEY=VALUE,KEY=VALUE") from None
+
+    @classmethod
+    def from_flags(cls, flags):
+        """The settings from the parsed command line (the flags of the same names)."""
+        return cls(**{field.name: getattr(flags, field.name) for field in dataclasses.fields(cls)})
+
+    def executor(self, study_folder):
+        return EXECUTORS[self.launcher](self, study_folder)
+
+    @property
+    def cpus(self):
+        return self.cpus_per_run or max(1, self.gpus_per_run)
+
+    def run_device(self):
+        """(does each run use a GPU, CPU threads of each run): what a run's recorded pace depends on."""
+        import torch
+
+        local = self.launcher == "local"
+        gpu = bool(self.gpus_per_run or (local and torch.cuda.is_available()))
+        return gpu, self.cpus_per_run or max(1, (os.cpu_count() or 1) // (self.jobs if local else 1))
+
+    def at_once(self):
+        """How many runs run at once, in words, and as a number for the estimates."""
+        if self.launcher == "local":
+            return f"{self.jobs} at a time", self.jobs
+        return f"spread by {self.launcher}", 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def carry_out(runs, executor, report=print, pace=lambda: None):
+    """Every run to its end on `executor`; {run folder: Outcome}. Runs are handed over in their order
+    as they may start, up to the executor's slots at a time: a run that finished before is skipped,
+    a target run waits for its stage A and is not started when that failed. `pace()`: this machine's
+    recorded pace, for the estimates."""
+    progress = Progress(runs, report, pace=pace)
+    outcomes, waiting, live = {}, list(runs), []
+    with executor:
+        progress.parallel = executor.parallel or executor.slots
+        while waiting or live:
+            todo = []
+            for run in list(waiting):  # in order: what may start now, up to the free slots
+                if executor.slots and len(live) + len(todo) >= executor.slots:
+                    break
+                if run.after is not None and run.after.folder not in outcomes:
+                    continue
+                waiting.remove(run)
+                why = run.unfinished()
+                if run.after is not None and not outcomes[run.after.folder].ok:
+                    outcomes[run.folder] = Outcome("not started")
+                elif why is None:
+                    outcomes[run.folder] = Outcome("skipped")
+                else:
+                    progress.start(run, why if run_folder.user_files(run.folder) else None)
+                    todo.append(run)
+                    continue
                 progress.end(run, outcomes[run.folder])
-            elif run.finished():
-                outcomes[run.folder] = Outcome("skipped")
-                progress.end(run, outcomes[run.folder])
-            else:
-                todo.append(run)
-        if not todo:
-            continue
-        with executor.batch():
-            jobs = [executor.submit(SubmititRun(attempts), run) for run in todo]
-        by_job = {job.job_id: run for job, run in zip(jobs, todo)}
-        for run in todo:
-            progress.start(run)
-        for job in submitit.helpers.as_completed(jobs):
-            run = by_job[job.job_id]
-            try:
-                outcomes[run.folder] = job.result()
-            except Exception as e:  # the job itself died (cancelled, out of memory, node failure)
-                first_line = (str(e).splitlines() or [""])[0][:200]
-                outcomes[run.folder] = Outcome("failed", tries=1, error=f"{type(e).__name__}: {first_line}")
-            progress.end(run, outcomes[run.folder])
+            if todo:
+                live += executor.submit(todo)
+            for job in executor.wait(live) if live else ():
+                live.remove(job)
+                outcomes[job.run.folder] = job.result()
+                progress.end(job.run, outcomes[job.run.folder])
     return outcomes
 
 
-def _ray_run(run, attempts, stage_a_outcome):
-    """A run as a Ray task; Ray starts it once its stage A's task returned that task's outcome."""
-    if stage_a_outcome is not None and not stage_a_outcome.ok:
-        return Outcome("not started")
-    return attempt(run, attempts)
+def run_study(study, stage_a, runs, executor, baselines, report=print, pace=lambda: None):
+    """A whole study: every run carried out (`carry_out`), a line of counts, and the summary files of the
+    runs that ended well. Returns the runs that did not, with their outcomes: [(run, Outcome)]."""
+    from stilts import study_summary
 
+    started = time.monotonic()
+    outcomes = carry_out(stage_a + runs, executor, report, pace)
+    count = lambda *statuses: sum(o.status in statuses for o in outcomes.values())  # noqa: E731
+    failed = [run for run in stage_a + runs if not outcomes[run.folder].ok]
+    report(f"stilts-run: {count('finished')} run(s) done, {count('skipped')} skipped as finished, "
+           f"{len(failed)} failed or not started, in {format_seconds(time.monotonic() - started)}")
+    study_summary.write_summary(study, study.arms(), [r for r in runs if outcomes[r.folder].ok], baselines,
+                                missing=[study_summary.relative(study, r.folder) for r in failed])
+    return [(run, outcomes[run.folder]) for run in failed]
 
-def launch_ray(stage_a, runs, attempts, address=None, cpus_per_run=1, gpus_per_run=0, report=print,
-               pace=lambda: None):
-    """Every run a Ray task (on the cluster at `address`, else a Ray started here for the study)."""
-    import ray
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 **({} if address else {"num_cpus": os.cpu_count()}))
-    try:
-        task = ray.remote(_ray_run).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
-        refs = {run.folder: task.remote(run, attempts, None) for run in stage_a}
-        for run in runs:
-            refs[run.folder] = task.remote(run, attempts, refs[run.after.folder] if run.after else None)
-        by_ref = {refs[run.folder]: run for run in stage_a + runs}
-        slots = int(ray.cluster_resources().get("CPU", 1) // max(cpus_per_run, 1)) or 1
-        progress = Progress(stage_a + runs, report, parallel=slots, pace=pace)
-        progress.running = len(by_ref)  # queued or running: Ray does not say which
-        outcomes, pending = {}, list(by_ref)
-        while pending:
-            finished, pending = ray.wait(pending, num_returns=1)
-            run = by_ref[finished[0]]
-            try:
-                outcomes[run.folder] = ray.get(finished[0])
-            except Exception as e:  # the worker died
-                outcomes[run.folder] = Outcome("failed", tries=1, error=f"{type(e).__name__}")
-            if outcomes[run.folder].status in ("skipped", "not started"):
-                progress.running -= 1
-            progress.end(run, outcomes[run.folder])
-        return outcomes
-    finally:
-        if started_here:
-            ray.shutdown()

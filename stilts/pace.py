@@ -28,6 +28,17 @@ class PaceKey:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
+def key_of(bert_model, max_seq_length, precision, device, threads=None):
+    """What sets a run's pace: a run records under it, and stilts-run builds the same key for its estimate
+    (`threads`: a run's CPU threads, default this process's; none count on a GPU)."""
+    import torch
+
+    model = os.path.abspath(bert_model) if os.path.isdir(bert_model) else bert_model
+    if device.type == "cuda":
+        return PaceKey(model, max_seq_length, precision, torch.cuda.get_device_name(device), 0)
+    return PaceKey(model, max_seq_length, precision, "cpu", threads or torch.get_num_threads())
+
+
 @dataclasses.dataclass
 class Pace:
     train_per_s: float          # examples trained per second (each epoch's examples count)

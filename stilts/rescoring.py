@@ -8,7 +8,6 @@ import numpy as np
 from stilts.errors import StiltsError
 from stilts.metrics import compute_metrics
 from stilts.submission import read_logits
-from stilts.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +28,17 @@ def dev_metrics(task, pred_path, data_dir):
 def evaluate_predictions(task, pred_path, data_dir, mm_data_dir=None):
     """Dev metrics of `pred_path`, keyed as in the trainer's val_metrics.json "metrics".
 
-    For mnli, the mismatched half is scored too when `mm_<pred file>` sits next to `pred_path`
-    and the mismatched dev file exists (in `mm_data_dir`, default `data_dir`, like the trainer's
-    --mnli_mm_data_dir); its keys get the trainer's `mm-` prefix.
+    A task's companions are scored too (MNLI's mismatched half) when `<prefix>_<pred file>` sits next
+    to `pred_path` and the companion's dev file exists (in `mm_data_dir`, default `data_dir`, like the
+    trainer's --mnli_mm_data_dir); their keys get the trainer's `<prefix>-` prefix (mm-acc).
     """
     metrics = dev_metrics(task, pred_path, data_dir)
-    if task.name == "mnli":
-        mm_task, mm_data_dir = get_task("mnli-mm"), mm_data_dir or data_dir
-        mm_path = os.path.join(os.path.dirname(pred_path), "mm_" + os.path.basename(pred_path))
-        mm_dev = mm_task.path("dev", mm_data_dir)
-        if os.path.isfile(mm_path) and not os.path.isfile(mm_dev):
-            logger.warning("not scoring %s: no mismatched dev file %s", mm_path, mm_dev)
-        elif os.path.isfile(mm_path):
-            metrics.update({"mm-" + k: v for k, v in dev_metrics(mm_task, mm_path, mm_data_dir).items()})
+    for prefix, companion in task.companions:
+        folder = mm_data_dir or data_dir
+        path = os.path.join(os.path.dirname(pred_path), f"{prefix}_{os.path.basename(pred_path)}")
+        dev_file = companion.where("dev", folder)
+        if os.path.isfile(path) and not os.path.isfile(dev_file):
+            logger.warning("not scoring %s: no mismatched dev file %s", path, dev_file)
+        elif os.path.isfile(path):
+            metrics.update({f"{prefix}-{k}": v for k, v in dev_metrics(companion, path, folder).items()})
     return metrics

@@ -1,7 +1,7 @@
 """The settings of one fine-tuning run, declared once: glue/train.py's flags with the seed's names
 and defaults, their help, and the groups the code reads them in.
 
-The dataclasses build the command line (stilts/cli/train.py, through transformers'
+The dataclasses build the command line (stilts/run_settings.py, through transformers'
 HfArgumentParser: every field a flag, with its help, default and choices; `--a_b` and `--a-b`
 both work, so the seed's `--force-overwrite` and `--not-verbose` keep working). The parsed flags stay one flat namespace,
 whose dict is the run's args.json as in the seed; `TrainSettings.of(args)` is the part the Trainer

@@ -21,16 +21,16 @@ from stilts.run_folder import dev_metrics
 DEGENERATE_TOLERANCE = 1e-9  # "at or below the baseline", robust to float rounding
 
 
-def majority_baselines(args, examples):
+def majority_baselines(study, examples):
     """Each target's dev metric when always predicting the most frequent training label; `examples`
     holds the study's splits as stilts-run read them, {(task name, split, folder): examples}."""
     from stilts.metrics import majority_baseline  # scikit-learn and SciPy: after parsing
     from stilts.tasks import resolve_data_dir
 
     out = {}
-    for target in args.targets:
-        task = args.tasks[target]
-        folder = resolve_data_dir(task, glue_dir=args.glue_dir)
+    for target in study.targets:
+        task = study.tasks[target]
+        folder = resolve_data_dir(task, glue_dir=study.glue_dir)
         # Label ids, as the trainer scores them: the TSVs' label strings ('0'/'1' for MRPC and QQP)
         # are not the positive label 1 that F1 needs.
         train_labels = task.label_ids(examples[task.name, "train", folder])
@@ -39,26 +39,26 @@ def majority_baselines(args, examples):
     return out
 
 
-def run_value(args, run):
+def run_value(study, run):
     """The run's dev score on its task's metric, from its val_metrics.json."""
-    metric = args.tasks[run.task].metric
+    metric = study.tasks[run.task].metric
     metrics = dev_metrics(run.folder)
     if metric not in metrics:
         raise StiltsError(f"{os.path.join(run.folder, 'val_metrics.json')}: no dev {metric} in it")
     return float(metrics[metric])
 
 
-def summarize(args, arms, runs, baselines):
+def summarize(study, arms, runs, baselines):
     """The summary.json dict; run folders are given relative to the study folder."""
     intermediates = [arm.intermediate for arm in arms if arm.intermediate]
     summary = ({"intermediate": intermediates[0]} if len(intermediates) == 1 else {"intermediates": intermediates})
     summary["targets"] = {}
-    for target in args.targets:
+    for target in study.targets:
         entry = {"majority_baseline": baselines[target]}
         for arm in arms:
             mine = [r for r in runs if r.task == target and r.arm == arm.key]
             if mine:
-                entry[arm.key] = arm_summary(args, target, mine, baselines[target])
+                entry[arm.key] = arm_summary(study, target, mine, baselines[target])
         if "baseline" in entry:
             baseline = {r["seed"]: r["value"] for r in entry["baseline"]["runs"]}
             for arm in arms:
@@ -66,38 +66,38 @@ def summarize(args, arms, runs, baselines):
                     entry[arm.key]["gain"] = paired_gain({r["seed"]: r["value"] for r in entry[arm.key]["runs"]},
                                                          baseline)
         summary["targets"][target] = entry
-    samples = {name: sample for name in intermediates if (sample := stage_a_dev_sample(args, name))}
+    samples = {name: sample for name in intermediates if (sample := stage_a_dev_sample(study, name))}
     if samples:  # --intermediate_dev_examples: those dev scores are a sample's
         summary["intermediate_dev_sample"] = samples
     return summary
 
 
-def stage_a_dev_sample(args, intermediate):
+def stage_a_dev_sample(study, intermediate):
     """{split: {"rows", "seed"}} when the stage A scored a sample of its dev set, else None."""
-    path = os.path.join(args.output_dir, f"intermediate_{intermediate}", "val_metrics.json")
+    path = os.path.join(study.output_dir, f"intermediate_{intermediate}", "val_metrics.json")
     sample = read_json(path, dict).get("dev_sample") if os.path.isfile(path) else None
     return sample if isinstance(sample, dict) else None
 
 
-def arm_summary(args, target, runs, baseline):
-    values = np.array([run_value(args, r) for r in runs])
+def arm_summary(study, target, runs, baseline):
+    values = np.array([run_value(study, r) for r in runs])
     best = int(np.nanargmax(values)) if not np.isnan(values).all() else 0  # first of equal bests
     # NaN (a diverged run) is never above the baseline, so it counts as degenerate.
     degenerate = int(sum(not v > baseline + DEGENERATE_TOLERANCE for v in values))
     return {
-        "metric": args.tasks[target].metric,
-        "runs": [{"seed": r.seed, "dir": relative(args, r.folder), "value": float(v)} for r, v in zip(runs, values)],
+        "metric": study.tasks[target].metric,
+        "runs": [{"seed": r.seed, "dir": relative(study, r.folder), "value": float(v)} for r, v in zip(runs, values)],
         "mean": float(values.mean()),
         "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,  # sample standard deviation
         "min": float(values.min()),
         "max": float(values.max()),
         "degenerate": degenerate,
-        "best_dir": relative(args, runs[best].folder),
+        "best_dir": relative(study, runs[best].folder),
     }
 
 
-def relative(args, folder):
-    return os.path.relpath(folder, args.output_dir).replace(os.sep, "/")
+def relative(study, folder):
+    return os.path.relpath(folder, study.output_dir).replace(os.sep, "/")
 
 
 def summary_intermediates(summary):
@@ -115,7 +115,7 @@ def arm_entries(entry):
     return [(key, value) for key, value in entry.items() if isinstance(value, dict) and "runs" in value]
 
 
-def export_best(args, summary):
+def export_best(study, summary):
     """Copy the test predictions of each target's best dev run (any arm) into
     OUT/submission_input/<target>/, the layout the submission export reads."""
     for target, entry in summary["targets"].items():
@@ -123,13 +123,13 @@ def export_best(args, summary):
         if not candidates:
             continue
         best = max(candidates, key=lambda run: -np.inf if np.isnan(run["value"]) else run["value"])
-        source = os.path.join(args.output_dir, best["dir"])
+        source = os.path.join(study.output_dir, best["dir"])
         names = [n for n in ("test_preds.csv", "mm_test_preds.csv", "test_predictions.csv")
                  if os.path.isfile(os.path.join(source, n))]
         if not names:
             entry["submission_from"] = None
             continue
-        dest = os.path.join(args.output_dir, "submission_input", target)
+        dest = os.path.join(study.output_dir, "submission_input", target)
         os.makedirs(dest, exist_ok=True)
         for name in names:
             with open(os.path.join(source, name), "rb") as f_in, atomic_write(os.path.join(dest, name), "wb") as f_out:
@@ -148,7 +148,7 @@ def format_gain(gain):
     return f"{mean} [{100 * gain['ci95_low']:+.1f}, {100 * gain['ci95_high']:+.1f}]{star}"
 
 
-def markdown(args, summary):
+def markdown(study, summary):
     title = summary.get("intermediate") or ", ".join(summary["intermediates"])
     compare = any("baseline" in entry for entry in summary["targets"].values())
     lines = [f"# STILTs study: intermediate task{'s' if 'intermediates' in summary else ''} {title}", "",
@@ -165,9 +165,9 @@ def markdown(args, summary):
                          f"| {gain} | {s['best_dir']} |")
     lines.append("")
     lines.append("Majority-class baseline (dev): " + "; ".join(
-        f"{t} {args.tasks[t].metric} {100 * e['majority_baseline']:.1f}" for t, e in summary["targets"].items()))
+        f"{t} {study.tasks[t].metric} {100 * e['majority_baseline']:.1f}" for t, e in summary["targets"].items()))
     for intermediate in summary_intermediates(summary):
-        stage_a = os.path.join(args.output_dir, f"intermediate_{intermediate}")
+        stage_a = os.path.join(study.output_dir, f"intermediate_{intermediate}")
         if os.path.isfile(os.path.join(stage_a, "val_metrics.json")):
             metrics = dev_metrics(stage_a)
             sample = summary.get("intermediate_dev_sample", {}).get(intermediate)
@@ -303,17 +303,17 @@ def json_safe(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def write_summary(args, arms, runs, baselines, missing=()):
+def write_summary(study, arms, runs, baselines, missing=()):
     """The summary files, from the finished `runs`; `missing`: the folders of runs that failed."""
-    summary = summarize(args, arms, runs, baselines)
+    summary = summarize(study, arms, runs, baselines)
     if missing:
         summary["missing"] = list(missing)
-    if not args.no_test:
-        export_best(args, summary)
-    out = lambda name: os.path.join(args.output_dir, name)  # noqa: E731
+    if not study.no_test:
+        export_best(study, summary)
+    out = lambda name: os.path.join(study.output_dir, name)  # noqa: E731
     # Every text first, then the files: a summary that cannot be made leaves the earlier files as
     # they were, never a summary.json that disagrees with summary.md.
-    texts = {"summary.json": json.dumps(json_safe(summary), indent=2) + "\n", "summary.md": markdown(args, summary)}
+    texts = {"summary.json": json.dumps(json_safe(summary), indent=2) + "\n", "summary.md": markdown(study, summary)}
     if transfer_matrix(summary)[2]:
         texts["transfer_matrix.md"] = transfer_matrix_markdown(summary)
     for name, text in texts.items():
@@ -329,5 +329,5 @@ def write_summary(args, arms, runs, baselines, missing=()):
     written += [name for name, drawn in pictures.items() if drawn]
     missing_matplotlib = any(drawn is False for drawn in pictures.values())
     note = " (no pictures: matplotlib is not installed; pip install matplotlib)" if missing_matplotlib else ""
-    print(f"wrote {', '.join(written)} in {args.output_dir}{note}")
+    print(f"wrote {', '.join(written)} in {study.output_dir}{note}")
     return summary

@@ -3,8 +3,9 @@
 The trainer's `--do_test` writes logits (`test_preds.csv`: no header, one row per test example, one
 column per label in the task's label order). The leaderboard wants one `<NAME>.tsv` per task with
 `index<TAB>prediction` rows and label strings, eleven files zipped flat. `LEADERBOARD` below is the
-one table that says, per file, which task's labels it uses, which run writes its logits, and how
-many test examples it must hold; export, validation and zipping all read it.
+table made from the tasks' own leaderboard files (stilts.tasks) that says, per file, which task's
+labels it uses, which run writes its logits, and how many test examples it must hold; export,
+validation and zipping all read it.
 
 It reads logits and data files only: no torch, no transformers (dev re-scoring is in stilts.rescoring).
 """
@@ -19,7 +20,7 @@ import numpy as np
 from stilts import resources
 from stilts.errors import StiltsError
 from stilts.io import atomic_write
-from stilts.tasks import get_task
+from stilts.tasks import TASKS, get_task
 
 TEMPLATE_DIR = resources.data_path("cache", "submission_template")
 HEADER = "index\tprediction"
@@ -28,7 +29,7 @@ MAX_ROW_PROBLEMS = 5             # the validator names this many bad rows per fi
 
 
 @dataclasses.dataclass(frozen=True)
-class LeaderboardFile:
+class LeaderboardEntry:
     name: str               # the file's name in the zip, without ".tsv"
     task: str               # the stilts task whose labels (logit columns) the predictions use
     run_task: str           # the --task_name of the run that writes the logits
@@ -41,20 +42,18 @@ class LeaderboardFile:
         return self.name + ".tsv"
 
 
-LEADERBOARD = [
-    LeaderboardFile("CoLA", "cola", "cola", "test_preds", 1063),
-    LeaderboardFile("SST-2", "sst", "sst", "test_preds", 1821),
-    LeaderboardFile("MRPC", "mrpc", "mrpc", "test_preds", 1725),
-    LeaderboardFile("STS-B", "stsb", "stsb", "test_preds", 1379),
-    LeaderboardFile("QQP", "qqp", "qqp", "test_preds", 390965),
-    LeaderboardFile("MNLI-m", "mnli", "mnli", "test_preds", 9796),
-    LeaderboardFile("MNLI-mm", "mnli-mm", "mnli", "mm_test_preds", 9847),
-    LeaderboardFile("QNLI", "qnli", "qnli", "test_preds", 5463),
-    LeaderboardFile("RTE", "rte", "rte", "test_preds", 3000),
-    LeaderboardFile("WNLI", "wnli", "wnli", "test_preds", 146, template=True),
-    # The diagnostic set is scored with an MNLI model: `--task_name ax --do_test` writes its logits.
-    LeaderboardFile("AX", "ax", "ax", "test_preds", 1104, template=True),
-]
+def leaderboard_entries():
+    """A file per task that names one (stilts.tasks: each GLUE task's `leaderboard`), in the tasks' order.
+    A companion's file is written by the run of the task it accompanies: MNLI-mm from an mnli run's
+    mm_test_preds."""
+    written_by = {companion.name: (task.name, f"{prefix}_test_preds")
+                  for task in TASKS.values() for prefix, companion in task.companions}
+    return [LeaderboardEntry(task.leaderboard.name, task.name, *written_by.get(task.name, (task.name, "test_preds")),
+                             task.leaderboard.test_rows, task.leaderboard.template)
+            for task in TASKS.values() if task.leaderboard]
+
+
+LEADERBOARD = leaderboard_entries()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +141,7 @@ def export_file(entry, pred_path, output_dir, count_check=True):
 @dataclasses.dataclass
 class Outcome:
     """What `export_all` did for one leaderboard file."""
-    entry: LeaderboardFile
+    entry: LeaderboardEntry
     status: str                 # exported | template | kept | missing | failed
     detail: str
 
@@ -197,7 +196,7 @@ def copy_template_file(entry, template_dir, output_dir):
 
 @dataclasses.dataclass
 class FileCheck:
-    entry: LeaderboardFile
+    entry: LeaderboardEntry
     rows: Optional[int]          # prediction rows found; None when the file is missing
     problems: list
 

@@ -181,7 +181,9 @@ class Trainer:
         with self._autocast():
             return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
-    def _make_optimizer(self, total_steps):
+    def make_optimizer(self, total_steps):
+        """AdamW (no decay for biases and LayerNorms) and the linear warm-up-then-decay schedule over
+        `total_steps`: what train() steps with, and what scripts that time single steps build."""
         params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         groups = [
             {"params": [p for n, p in params if not any(nd in n for nd in NO_DECAY)],
@@ -212,7 +214,7 @@ class Trainer:
         cannot resume this run is refused with the output folder untouched."""
         self.steps_per_epoch = math.ceil(len(features) / self.settings.train_batch_size)
         self.total_steps = max(1, round(self.steps_per_epoch * self.settings.num_train_epochs))
-        self._make_optimizer(self.total_steps)
+        self.make_optimizer(self.total_steps)
         self.position, self.history = {"epoch": 0, "batch": 0, "global_step": 0}, {}
         if resume is not None:
             self.position, self.history = self._restore(resume, self.total_steps)

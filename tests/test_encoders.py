@@ -380,7 +380,7 @@ def check_speed_paths(arch_dir, arch, tmp_path, paths):
     updated = {}
     for path, (pad, speed) in {"fixed": (True, {}), **{path: (False, speed) for path, speed in paths.items()}}.items():
         t = trainer(pad, **speed)
-        t._make_optimizer(total_steps=1)
+        t.make_optimizer(total_steps=1)
         t.wrapped.train()
         t.train_step(features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
         updated[path] = dict(t.model.named_parameters())

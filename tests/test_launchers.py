@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import FIXTURES, REPO
-from stilts import launchers
+from stilts import attempt
 
 TRAIN_FLAGS = ["--do_lower_case", "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
                "--train_batch_size", "4", "--eval_batch_size", "64", "--max_seq_length", "64", "--no_test"]
@@ -58,7 +58,7 @@ def test_every_launcher_gives_the_summary_of_one_job(reference, tmp_path, tiny_b
     # Runs with other thread counts sum floats in another order: equal up to float noise.
     assert values(out) == pytest.approx(expected, abs=1e-5)
     for run in (out / "rte" / "stilts" / "seed_1", out / "intermediate_mnli"):
-        assert (run / launchers.LOG_NAME).is_file() and "stilts-run, try 1" in (run / launchers.LOG_NAME).read_text()
+        assert (run / attempt.LOG_NAME).is_file() and "stilts-run, try 1" in (run / attempt.LOG_NAME).read_text()
     assert "9/9 done, 0 running, 0 failed" in result.stdout
 
 
@@ -73,11 +73,11 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, tiny_bert_dir
     (broken / "val_preds.csv").mkdir(parents=True)
     result = run_study(out, tiny_bert_dir, "--max_retries", "2", targets="rte", seeds="1")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    log = (broken / launchers.LOG_NAME).read_text()
+    log = (broken / attempt.LOG_NAME).read_text()
     assert [line.split(":")[0] for line in log.splitlines() if line.startswith("# stilts-run")] == ["# stilts-run, try 1"]
     failures = [line for line in result.stderr.splitlines() if "failed:" in line]
     assert len(failures) == 1 and "rte baseline seed 1 failed" in failures[0]
-    assert "val_preds.csv: cannot write" in failures[0] and str(broken / launchers.LOG_NAME) in failures[0]
+    assert "val_preds.csv: cannot write" in failures[0] and str(broken / attempt.LOG_NAME) in failures[0]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["missing"] == ["rte/baseline/seed_1"]
     assert "baseline" not in summary["targets"]["rte"] and len(summary["targets"]["rte"]["stilts"]["runs"]) == 1
@@ -100,7 +100,7 @@ def test_a_killed_run_is_tried_again(tmp_path, tiny_bert_dir):
         time.sleep(0.05)
     output = study.communicate()[0]
     assert study.returncode == 0, output[-3000:]
-    tries = [line for line in (victim / launchers.LOG_NAME).read_text().splitlines() if line.startswith("# stilts-run")]
+    tries = [line for line in (victim / attempt.LOG_NAME).read_text().splitlines() if line.startswith("# stilts-run")]
     assert [t.split(":")[0] for t in tries] == ["# stilts-run, try 1", "# stilts-run, try 2"]
     assert (victim / "val_metrics.json").is_file()
 
@@ -163,7 +163,7 @@ def test_a_launcher_without_its_package_is_one_line(capsys, monkeypatch):
 
 
 def test_resume_command_continues_from_the_newest_checkpoint(tmp_path):
-    from stilts.cli.run import Run
+    from stilts.study import Run
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -173,9 +173,9 @@ def test_resume_command_continues_from_the_newest_checkpoint(tmp_path):
     argv = ["--task_name", "rte", "--bert_load_mode", "state_model_only", "--bert_load_path", "/a/all_state.p",
             "--seed", "1"]
     run = Run("r", str(folder), argv, ("val_metrics.json",), resumable=True)
-    command = launchers.command_for(run, launchers.Attempts())
+    command = attempt.command_for(run, attempt.Attempts())
     assert command[-7:] == ["--seed", "1", "--bert_load_mode", "state_all", "--bert_load_path",
                             str(folder / "all_state___epoch0001___batch000002.p"), "--force-overwrite"]
     assert "state_model_only" not in command
     stage_a = Run("a", str(folder), argv, ("all_state.p",))  # saves the model alone: starts over
-    assert "state_all" not in launchers.command_for(stage_a, launchers.Attempts())
+    assert "state_all" not in attempt.command_for(stage_a, attempt.Attempts())

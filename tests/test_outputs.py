@@ -25,6 +25,7 @@ from stilts.cli import evaluate, format_for_glue, make_submission
 from stilts.cli.train import main as train_main
 from stilts.errors import StiltsError
 from stilts.io import check_writable_folder, write_logits_csv
+from stilts.study import Run
 
 
 def snapshot(folder):
@@ -183,7 +184,7 @@ def test_full_disk_during_a_checkpoint(small_disk, tiny_bert_dir, capsys):
         {name: earlier[name] for name in ("val_preds.csv", "val_metrics.json")}
     status = json.loads(files["run_status.json"])
     assert status["state"] == "failed" and "all_state.p: cannot write: the disk is full" in status["error"]
-    assert not stilts_run.Run("rte", str(out), [], ("val_metrics.json",)).finished()
+    assert not Run("rte", str(out), [], ("val_metrics.json",)).finished()
 
 
 def test_full_disk_during_the_features_cache(small_disk, tiny_bert_dir, tmp_path, capsys):
@@ -217,7 +218,7 @@ def test_failed_run_marks_its_folder(tiny_bert_dir, tmp_path, capsys, monkeypatc
     out = tmp_path / "run"
     train_main(rte_args(tiny_bert_dir, out, "--do_val", "--data_dir", RTE))
     assert run_folder.state(out) == "finished"
-    finished = stilts_run.Run("rte", str(out), [], ("val_metrics.json",))
+    finished = Run("rte", str(out), [], ("val_metrics.json",))
     assert finished.finished()
 
     def crash(self, *args, **kwargs):

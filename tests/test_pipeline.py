@@ -15,6 +15,7 @@ from conftest import FIXTURES, REPO
 from stilts import study_summary
 from stilts.cli import run as stilts_run
 from stilts.metrics import majority_baseline
+from stilts.study import Arm, Run, parse_seeds
 from stilts.tasks import get_task
 
 TARGETS = ("rte", "stsb")  # a classification and a regression target
@@ -262,11 +263,11 @@ def test_missing_data_is_reported_before_training(capsys, tmp_path):
 
 
 def test_seeds():
-    assert stilts_run.parse_seeds(None, 3) == [1, 2, 3]
-    assert stilts_run.parse_seeds("7,3", None) == [7, 3]
+    assert parse_seeds(None, 3) == [1, 2, 3]
+    assert parse_seeds("7,3", None) == [7, 3]
     for bad in ("1,1", "a", "-1"):
         with pytest.raises(Exception, match="--seeds"):
-            stilts_run.parse_seeds(bad, None)
+            parse_seeds(bad, None)
 
 
 def test_degenerate_and_best_rules(tmp_path):
@@ -281,7 +282,7 @@ def test_degenerate_and_best_rules(tmp_path):
         folder = tmp_path / f"seed_{seed}"
         folder.mkdir()
         (folder / "val_metrics.json").write_text(json.dumps({"loss": 1.0, "metrics": {"acc": value}}))
-        runs.append(stilts_run.Run(f"rte seed {seed}", str(folder), [], ("val_metrics.json",), "rte", "stilts", seed))
+        runs.append(Run(f"rte seed {seed}", str(folder), [], ("val_metrics.json",), "rte", "stilts", seed))
     s = study_summary.arm_summary(Args, "rte", runs, baseline=0.5)
     assert s["degenerate"] == 3  # 0.5 (equal), 0.4, NaN
     assert s["best_dir"] == "seed_0"
@@ -324,9 +325,9 @@ def test_summary_for_every_glue_task_with_its_real_label_strings(tmp_path):
             folder = tmp_path / target / "stilts" / f"seed_{seed}"
             folder.mkdir(parents=True)
             (folder / "val_metrics.json").write_text(json.dumps({"loss": 0.5, "metrics": {task.metric: value}}))
-            runs.append(stilts_run.Run(f"{target} seed {seed}", str(folder), [], ("val_metrics.json",),
+            runs.append(Run(f"{target} seed {seed}", str(folder), [], ("val_metrics.json",),
                                      target, "stilts", seed))
-    summary = study_summary.summarize(args, [stilts_run.Arm("stilts", "mnli")], runs, baselines)
+    summary = study_summary.summarize(args, [Arm("stilts", "mnli")], runs, baselines)
     table = study_summary.markdown(args, summary)
     for target in GLUE_TASKS:
         entry = summary["targets"][target]["stilts"]

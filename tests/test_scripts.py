@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import FIXTURES, REPO
-from stilts.cli import train as train_cli
+from stilts import run_settings
 from stilts.tasks import get_task
 
 SCRIPTS = os.path.join(REPO, "scripts")
@@ -51,7 +51,7 @@ def test_task_script_command(task, recording_python, tmp_path, monkeypatch):
                env={"PYTHON": stub, "GLUE_DIR": FIXTURES, "BERT_MODEL": "my-model", "OUTPUT_DIR": str(tmp_path)})
     (argv,) = calls()
     assert argv[0] == os.path.join(REPO, "glue", "train.py")
-    args = train_cli.build_parser().parse_args(argv[1:])
+    args = run_settings.build_parser().parse_args(argv[1:])
     assert (args.task_name, args.bert_model, args.output_dir) == (task, "my-model", os.path.join(tmp_path, task))
     assert (args.train_batch_size, args.num_train_epochs, args.bert_save_mode) == (24, 3.0, "model_all")
     assert args.do_train and args.do_val and args.do_test and args.do_val_history and args.do_save
@@ -59,7 +59,7 @@ def test_task_script_command(task, recording_python, tmp_path, monkeypatch):
     assert args.learning_rate == 3e-5, "extra flags come last and override the defaults"
     monkeypatch.setenv("GLUE_DIR", FIXTURES)
     args.bert_model = "bert-base-uncased"  # a config at hand: check_args reads its position count
-    train_cli.check_args(args)  # the task's files are where the script expects them
+    run_settings.check_args(args)  # the task's files are where the script expects them
 
 
 def test_python_and_environment_defaults(tmp_path):
@@ -129,7 +129,7 @@ def test_stilts_script_reuses_stage_a(stilts_runs, env, recording_python):
     result = run_script("stilts.sh", "mnli", "mrpc", env=dict(env, PYTHON=stub))
     assert "reusing" in result.stderr
     (argv,) = calls()  # stage B only
-    args = train_cli.build_parser().parse_args(argv[1:])
+    args = run_settings.build_parser().parse_args(argv[1:])
     assert args.task_name == "mrpc" and args.bert_load_path == os.path.join(stilts_runs[0], "all_state.p")
 
 

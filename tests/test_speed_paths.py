@@ -129,7 +129,7 @@ def test_one_step_on_the_same_batch_gives_the_same_weights(model, dev_features, 
     updated = []
     for pad in (True, False):
         trainer = make_trainer(model, tmp_path, pad_to_max_length=pad)
-        trainer._make_optimizer(total_steps=1)
+        trainer.make_optimizer(total_steps=1)
         trainer.wrapped.train()
         trainer.train_step(dev_features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
         updated.append(dict(trainer.model.named_parameters()))

@@ -9,8 +9,9 @@ import shutil
 import pytest
 
 from conftest import FIXTURES, refused_by
-from stilts import run_folder, study_summary
+from stilts import attempt, run_folder, study_summary
 from stilts.cli import run as stilts_run
+from stilts.study import Arm, Run
 
 TRAIN_FLAGS = ["--do_lower_case", "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
                "--train_batch_size", "4", "--eval_batch_size", "64", "--max_seq_length", "32", "--no_test"]
@@ -139,16 +140,14 @@ def test_a_summary_that_cannot_be_made_leaves_the_earlier_files(tmp_path, monkey
 
     monkeypatch.setattr(study_summary, "markdown", broken)
     with pytest.raises(RuntimeError):
-        study_summary.write_summary(Args, [stilts_run.Arm("stilts", "mnli")], [], {})
+        study_summary.write_summary(Args, [Arm("stilts", "mnli")], [], {})
     assert (tmp_path / "summary.json").read_text() == "earlier\n"
 
 
 def test_a_retried_runs_header_starts_its_own_line(tmp_path):
     """A try's log header after a progress bar's last update (no newline) starts a line of its own."""
-    from stilts import launchers
-
-    run = stilts_run.Run("r", str(tmp_path), ["--no_such_flag"], ("val_metrics.json",))
+    run = Run("r", str(tmp_path), ["--no_such_flag"], ("val_metrics.json",))
     (tmp_path / run_folder.LOG_NAME).write_text("Training:  50%|#####     | 1/2\r")
-    launchers.attempt(run, launchers.Attempts(max_retries=0))
+    attempt.attempt(run, attempt.Attempts(max_retries=0))
     lines = (tmp_path / run_folder.LOG_NAME).read_bytes().split(b"\n")
     assert lines[0] == b"Training:  50%|#####     | 1/2\r" and lines[1].startswith(b"# stilts-run, try 1: ")

@@ -56,9 +56,9 @@ def empty_dir(tmp_path):
 
 
 def test_data_files_come_from_the_installed_package(venv, empty_dir):
-    show = ("import json, stilts; from stilts import modeling, submission; from stilts.cli import run; print(json.dumps("
+    show = ("import json, stilts; from stilts import modeling, study, submission; print(json.dumps("
             "[stilts.__file__, modeling.ModelSource('bert-base-uncased').vocab_path, submission.TEMPLATE_DIR,"
-            " *run.ADAPTER_CONFIGS.values()]))")
+            " *study.ADAPTER_CONFIGS.values()]))")
     paths = json.loads(run(venv / "python", "-c", show, cwd=empty_dir).stdout)
     installed = os.path.dirname(paths[0])
     assert not paths[0].startswith(REPO) and paths[0].startswith(str(venv.parent)), paths[0]
@@ -96,10 +96,12 @@ def test_run_starts_the_installed_train_module(venv, empty_dir, tiny_bert_dir):
                  "--bert_model", tiny_bert_dir, "--glue_dir", FIXTURES, "--output_dir", "study", "--do_lower_case",
                  "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
                  "--max_seq_length", "32", "--no_test", cwd=empty_dir)
-    starts = [line for line in result.stdout.splitlines() if line.startswith("stilts-run: ")
-              and ": start: " in line and "-m stilts.cli.train" in line]
-    assert len(starts) == 2 and all(f"{venv / 'python'} -m stilts.cli.train" in line for line in starts), \
-        result.stdout
+    # Each run's command opens its log (the terminal gets one line per run).
+    logs = [empty_dir / "study" / "intermediate_mnli" / "stilts-run.log",
+            empty_dir / "study" / "rte" / "stilts" / "seed_1" / "stilts-run.log"]
+    starts = [log.read_text().splitlines()[0] for log in logs]
+    assert all(line.startswith(f"# stilts-run, try 1: {venv / 'python'} -m stilts.cli.train") for line in starts), \
+        (starts, result.stdout)
     assert os.path.isfile(empty_dir / "study" / "summary.json")
 
 

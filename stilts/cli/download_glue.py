@@ -8,7 +8,8 @@ The work is in stilts/glue_download.py; see docs/download.md.
 import signal
 
 from stilts import glue_download
-from stilts.cli import ArgumentParser, report_errors
+from stilts.cli import report_errors
+from stilts.flags import ArgumentParser
 from stilts.io import check_writable_folder
 
 

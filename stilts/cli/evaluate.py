@@ -6,7 +6,8 @@
 """
 import json
 
-from stilts.cli import ArgumentParser, report_errors
+from stilts.cli import report_errors
+from stilts.flags import ArgumentParser
 from stilts.io import check_writable_file, write_json
 from stilts.tasks import get_task, resolve_data_dir
 

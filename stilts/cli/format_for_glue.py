@@ -7,8 +7,9 @@ and AX / WNLI fall back to the template when they have no predictions.
 import os
 
 from stilts import submission
-from stilts.cli import ArgumentParser, report_errors
+from stilts.cli import report_errors
 from stilts.errors import StiltsError
+from stilts.flags import ArgumentParser
 from stilts.io import check_writable_folder
 
 

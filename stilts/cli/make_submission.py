@@ -9,8 +9,9 @@ otherwise the report says what is wrong and the exit status is 2.
 import os
 
 from stilts import submission
-from stilts.cli import ArgumentParser, report_errors
+from stilts.cli import report_errors
 from stilts.errors import StiltsError
+from stilts.flags import ArgumentParser
 from stilts.io import check_writable_folder
 
 

@@ -12,8 +12,9 @@ the top candidates.
 import os
 import time
 
-from stilts.cli import ArgumentParser, report_errors
+from stilts.cli import report_errors
 from stilts.errors import StiltsError
+from stilts.flags import ArgumentParser
 from stilts.io import check_writable_file, json_type, read_json, write_json
 from stilts.tasks import get_task, resolve_data_dir
 

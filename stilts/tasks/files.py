@@ -22,8 +22,9 @@ import re
 from typing import Optional
 
 from stilts.errors import StiltsError
-from stilts.tasks import (CLASSIFICATION, MAX_LINE_BYTES, MULTIPLE_CHOICE, REGRESSION, SPLITS, TASKS, Example, Task,
-                          file_digest)
+from stilts.tasks.core import (CLASSIFICATION, MAX_LINE_BYTES, MULTIPLE_CHOICE, REGRESSION, SPLITS, Example, Task,
+                               file_digest)
+from stilts.tasks.glue import TASKS
 
 METRICS = {  # the metrics each type can be ranked by; the first is the default
     CLASSIFICATION: ("acc", "f1", "acc_and_f1", "mcc"),
