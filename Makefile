@@ -18,7 +18,7 @@ export STILTS_MODEL_DIR ?= $(CURDIR)/.cache/models
 MODEL ?= $(STILTS_MODEL_DIR)/all-MiniLM-L6-v2
 BENCH_ARGS ?=
 
-.PHONY: setup test test-slow model demo bench FORCE
+.PHONY: setup test test-slow test-cluster model demo bench FORCE
 
 # make bench needs your GLUE data folder; say so before installing anything.
 ifneq ($(filter bench,$(MAKECMDGOALS)),)
@@ -49,10 +49,19 @@ model: setup
 # out the tests marked slow (real learning, the demo, benchmarks, several processes); `make test-slow`
 # runs just those. CI (.ci/run) runs both.
 test: setup model
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow and not cluster" tests
 
 test-slow: setup model
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "slow and not cluster" tests
+
+# The real engines: a one-node SLURM and a two-node Ray on 127.0.0.1 (scripts/cluster/), up for the
+# marked tests and down after, whatever the tests did. Where a cluster cannot start here, its tests
+# are skipped with one line saying why.
+test-cluster: setup model
+	STILTS_RAY_PYTHON=$(CURDIR)/$(PY) bash scripts/cluster/slurm.sh up || true
+	STILTS_RAY_PYTHON=$(CURDIR)/$(PY) bash scripts/cluster/ray.sh up || true
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs -m cluster tests; status=$$?; \
+	  bash scripts/cluster/ray.sh down; bash scripts/cluster/slurm.sh down; exit $$status
 
 demo: setup model
 	bash scripts/demo.sh

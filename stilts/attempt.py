@@ -41,6 +41,7 @@ class Outcome:
     seconds: float = 0.0
     tries: int = 0
     error: str = ""
+    where: str = ""             # which job or node ran it, when the engine says (e.g. "SLURM job 12_3")
 
     @property
     def ok(self):

@@ -17,10 +17,15 @@ The engines spread the runs; none of them is written here:
   ray       a Ray task per run, on a cluster or on a Ray started here for the study; Ray queues them.
 """
 import concurrent.futures
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import os
 import queue
+import shutil
+import socket
+import subprocess
 import time
 from typing import Callable, Optional
 
@@ -38,14 +43,16 @@ class Job:
     run: object
     handle: object                  # the engine's own: a Future, a submitit Job, a Ray ObjectRef
     get: Callable = None            # handle -> Outcome
+    where: str = ""                 # the engine's name for it, e.g. "SLURM job 12_3"
 
     def result(self):
         try:
-            return self.get(self.handle)
+            outcome = self.get(self.handle)
+            return dataclasses.replace(outcome, where=outcome.where or self.where)
         except Exception as e:
             first_line = (str(e).splitlines() or [""])[0][:200]
             return Outcome("failed", tries=1, error=f"{type(e).__name__}: {first_line}" if first_line
-                           else type(e).__name__)
+                           else type(e).__name__, where=self.where)
 
 
 class Executor:
@@ -164,9 +171,17 @@ class SubmititExecutor(Executor):
         self.executor.update_parameters(**parameters)
 
     def submit(self, runs):
-        with self.executor.batch():
-            jobs = [self.executor.submit(SubmititRun(self.attempts), run) for run in runs]
-        return [Job(run, job, lambda job: job.result()) for run, job in zip(runs, jobs)]
+        import submitit
+
+        try:  # submitit prints sbatch's complaint too: it goes into the one line instead
+            with contextlib.redirect_stderr(io.StringIO()), self.executor.batch():
+                jobs = [self.executor.submit(SubmititRun(self.attempts), run) for run in runs]
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as e:
+            first_line = (str(e).strip().splitlines() or [""])[-1][:300]
+            raise StiltsError(f"sbatch refused the jobs ({first_line}); check --slurm_partition, --slurm_time, "
+                              f"--gpus_per_run, --cpus_per_run and --slurm_extra") from None
+        kind = "SLURM" if self.executor.cluster == "slurm" else "submitit"
+        return [Job(run, job, lambda job: job.result(), f"{kind} job {job.job_id}") for run, job in zip(runs, jobs)]
 
     def wait(self, jobs):
         while True:
@@ -184,13 +199,19 @@ class RayExecutor(Executor):
         self.attempts = Attempts(max_retries=launch.max_retries, processes=max(1, launch.gpus_per_run))
 
     def __enter__(self):
+        if self.address is None or loopback(self.address):  # Ray binds 127.0.0.1 only, not every interface
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         import ray
 
         self.started_here = not ray.is_initialized()
         if self.started_here:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     **({} if self.address else {"num_cpus": os.cpu_count()}))
-        self.task = ray.remote(attempt).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         **({} if self.address else {"num_cpus": os.cpu_count()}))
+            except ConnectionError as e:  # it answered, but would not take us
+                raise StiltsError(f"--ray_address {self.address}: {e}; a cluster with token authentication "
+                                  f"needs RAY_AUTH_MODE=token here (and its token, ~/.ray/auth_token)") from None
+        self.task = ray.remote(_attempt_on_ray).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
         self.parallel = int(ray.cluster_resources().get("CPU", 1) // max(self.cpus, 1)) or 1  # Ray queues the rest
         return self
 
@@ -211,6 +232,42 @@ class RayExecutor(Executor):
 
         done, _ = ray.wait([job.handle for job in jobs], num_returns=1)
         return [job for job in jobs if job.handle in done]
+
+
+def _attempt_on_ray(run, attempts):
+    """A run as a Ray task; its outcome says which node ran it."""
+    import ray
+
+    return dataclasses.replace(attempt(run, attempts), where=f"Ray node {ray.get_runtime_context().get_node_id()[:8]}")
+
+
+def check_answers(address):
+    """Something listens at the Ray address: ray.init would otherwise wait minutes on a dead one."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise StiltsError(f"--ray_address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise StiltsError(f"--ray_address {address}: nothing answers there ({e.strerror or e}); start the "
+                          f"cluster (ray start --head), or leave the flag out to start a Ray here") from None
+
+
+def check_partition(name):
+    """SLURM knows the partition (sbatch would refuse every job of the study)."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "partition", name], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return  # no scontrol to ask: sbatch will say
+    if shown.returncode != 0:
+        why = (shown.stderr.strip().splitlines() or ["unknown partition"])[0]
+        raise StiltsError(f"--slurm_partition {name}: {why}; `sinfo -s` lists the partitions")
+
+
+def loopback(address):
+    """Whether a Ray address ("HOST:PORT", "ray://HOST:PORT") is on this machine's loopback."""
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 EXECUTORS = {"local": LocalExecutor, "submitit": SubmititExecutor, "ray": RayExecutor}
@@ -253,6 +310,13 @@ class LaunchSettings:
             dict(item.split("=", 1) for item in self.slurm_extra.split(",") if item.strip())
         except ValueError:
             raise StiltsError(f"--slurm_extra {self.slurm_extra!r}: expected KEY=VALUE,KEY=VALUE") from None
+        if self.launcher == "ray" and self.ray_address not in (None, "auto"):
+            check_answers(self.ray_address)
+        if self.launcher == "submitit" and self.slurm_partition and self.uses_slurm():
+            check_partition(self.slurm_partition)
+
+    def uses_slurm(self):
+        return self.submitit_cluster == "slurm" or (self.submitit_cluster == "auto" and bool(shutil.which("sbatch")))
 
     @classmethod
     def from_flags(cls, flags):

@@ -39,7 +39,8 @@ class Progress:
         self.ended.add(run.folder)
         if outcome.status == "finished":
             self.seconds[run.folder] = outcome.seconds
-        what = {"finished": f"done in {format_seconds(outcome.seconds)}{_score(run)}", "skipped": "skip (finished)",
+        where = f" on {outcome.where}" if outcome.where else ""
+        what = {"finished": f"done in {format_seconds(outcome.seconds)}{where}{_score(run)}", "skipped": "skip (finished)",
                 "failed": f"FAILED after {outcome.tries} tries ({outcome.error}); log: {log_path(run)}",
                 "not started": "not started: its stage A failed"}[outcome.status]
         left = self.estimate()

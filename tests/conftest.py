@@ -2,6 +2,7 @@
 
 Every test runs offline (HF_HUB_OFFLINE=1) and with its own features cache.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: real learning with MiniLM, the demo, the benchmark scripts and multi-process runs; "
                    "`make test` leaves them out, `make test-slow` runs them, and .ci/run runs both")
+    config.addinivalue_line(
+        "markers", "cluster: stilts-run on a real one-node SLURM and a two-node Ray (scripts/cluster/); "
+                   "`make test-cluster` brings them up, runs these and takes them down; .ci/run runs it too")
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +100,28 @@ def run_train(*args, check=True, env=None):
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+# A small stilts-run study, run as a user runs it (the launcher tests and the engine tests).
+TRAIN_FLAGS = ["--do_lower_case", "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
+               "--train_batch_size", "4", "--eval_batch_size", "64", "--max_seq_length", "64", "--no_test"]
+
+
+def study_argv(out, model, *extra, targets="rte,stsb", seeds="1,2"):
+    """A stilts-run study of the fixtures' MNLI and the targets, from and without stage A, on `model`."""
+    return ["--intermediate", "mnli", "--targets", targets, "--seeds", seeds, "--compare", "--bert_model", model,
+            "--glue_dir", FIXTURES, "--output_dir", str(out), *TRAIN_FLAGS, *extra]
+
+
+def run_study(out, model, *extra, **kwargs):
+    """The console command in a subprocess, as a user runs it."""
+    env = dict(os.environ, STILTS_CACHE_DIR=str(out) + "-cache")
+    return subprocess.run([sys.executable, "-m", "stilts.cli.run", *study_argv(out, model, *extra, **kwargs)],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def values(out):
+    """Every run's dev score by (target, arm, seed), from summary.json."""
+    summary = json.loads((out / "summary.json").read_text())
+    return {(target, arm, run["seed"]): run["value"] for target, entry in summary["targets"].items()
+            for arm, s in entry.items() if isinstance(s, dict) and "runs" in s for run in s["runs"]}

@@ -10,31 +10,8 @@ import time
 
 import pytest
 
-from conftest import FIXTURES, REPO
+from conftest import REPO, run_study, study_argv, values
 from stilts import attempt
-
-TRAIN_FLAGS = ["--do_lower_case", "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
-               "--train_batch_size", "4", "--eval_batch_size", "64", "--max_seq_length", "64", "--no_test"]
-
-
-def study_argv(out, model, *extra, targets="rte,stsb", seeds="1,2"):
-    return ["--intermediate", "mnli", "--targets", targets, "--seeds", seeds, "--compare", "--bert_model", model,
-            "--glue_dir", FIXTURES, "--output_dir", str(out), *TRAIN_FLAGS, *extra]
-
-
-def run_study(out, model, *extra, **kwargs):
-    """The console command in a subprocess, as a user runs it."""
-    env = dict(os.environ, STILTS_CACHE_DIR=str(out) + "-cache")
-    return subprocess.run([sys.executable, "-m", "stilts.cli.run", *study_argv(out, model, *extra, **kwargs)],
-                          capture_output=True, text=True, cwd=REPO, env=env)
-
-
-def values(out):
-    """Every run's dev score by (target, arm, seed), from summary.json."""
-    summary = json.loads((out / "summary.json").read_text())
-    return {(target, arm, run["seed"]): run["value"] for target, entry in summary["targets"].items()
-            for arm, s in entry.items() if isinstance(s, dict) and "runs" in s for run in s["runs"]}
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_bert_dir):
@@ -142,6 +119,9 @@ def test_a_killed_launcher_finishes_when_started_again(tmp_path, tiny_bert_dir):
     (["--jobs", "0"], "--jobs 0: must be at least 1"),
     (["--launcher", "ray", "--jobs", "2"], "--jobs is for --launcher local"),
     (["--slurm_extra", "account"], "--slurm_extra 'account': expected KEY=VALUE"),
+    # Port 9 (discard) on loopback: nothing listens, and ray.init would wait for minutes.
+    (["--launcher", "ray", "--ray_address", "127.0.0.1:9"], "--ray_address 127.0.0.1:9: nothing answers there"),
+    (["--launcher", "ray", "--ray_address", "head-node"], "--ray_address head-node: expected HOST:PORT"),
 ])
 def test_bad_launcher_flags(capsys, argv, message):
     from conftest import refused_by
