@@ -30,6 +30,7 @@ class Attempts:
     """How every run is tried: the same on every engine (pickled to submitit and Ray workers)."""
     max_retries: int = 0
     processes: int = 1          # > 1: torchrun with this many processes (--gpus_per_run)
+    preemptible: bool = False   # in a SLURM job: a try ended by SIGTERM is the job being requeued
 
 
 BAD_INPUT = 2  # stilts-train's exit status for bad input: trying again would fail the same way
@@ -102,10 +103,24 @@ def attempt(run, attempts, env=None, stop=None):
             code = _run(command, log, env, stop)
         if code == 0 and run.finished():
             return Outcome("finished", time.monotonic() - started, number)
+        if attempts.preemptible and code == -signal.SIGTERM:
+            wait_for_requeue(run)
         error = _last_error(run) or (f"exit status {code}" if code else "ended without writing its outputs")
         if code == BAD_INPUT or (stop is not None and stop.is_set()):  # bad input fails again; or stopped
             return Outcome("failed", time.monotonic() - started, number, error)
     return Outcome("failed", time.monotonic() - started, attempts.max_retries + 1, error)
+
+
+def wait_for_requeue(run):
+    """SLURM is ending the job (pre-empted, or requeued by `scontrol requeue` or at its time limit): SIGTERM
+    now, SIGKILL after its grace period. That is no failed try: no new try starts and the job writes no
+    outcome, so the study waits for the requeued job, which carries the run on from its newest periodic
+    checkpoint. Never returns."""
+    with open(log_path(run), "a", encoding="utf-8") as log:
+        log.write(f"{_line_break(log_path(run))}# stilts-run: the job is being ended (SIGTERM: pre-empted or "
+                  f"requeued); the requeued job continues this run\n")
+    while True:
+        time.sleep(60)
 
 
 def _line_break(path):
@@ -145,6 +160,8 @@ def _run(command, log, env, stop=None):
     if stop is not None:
         with stop.lock:
             stop.live.add(process)
+            if stop.is_set():  # halted between our check and the start: end it as halt() would
+                _end(process)
     try:
         return process.wait()
     except BaseException:  # interrupted here (one run at a time): the run ends with us

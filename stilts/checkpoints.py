@@ -77,7 +77,7 @@ def read_checkpoint(path, load_mode):
 
 def check_resume_state(checkpoint, path):
     """Refuse malformed entries a state_all resume reads, before any is applied (Trainer._restore, and the
-    seed in cli/train.py). An absent entry passes: _restore says what a resume misses."""
+    seed in finetune.run). An absent entry passes: _restore says what a resume misses."""
     for entry in RESUME_ENTRIES:
         if entry in checkpoint and not isinstance(checkpoint[entry], dict):
             raise StiltsError(f"{path}: {entry!r} entry is a {type(checkpoint[entry]).__name__}, expected a dict")

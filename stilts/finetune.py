@@ -1,7 +1,7 @@
 """One fine-tuning run, as glue/train.py's checked flags ask: model, features, training, outputs.
 
-The command line (stilts/cli/train.py) has already checked every flag and file and holds the
-output folder; here the model is built, every split is read (so bad data stops the run before
+The command line (stilts/cli/train.py, with stilts/run_settings.py) has already checked every flag
+and file and holds the output folder; here the model is built, every split is read (so bad data stops the run before
 anything is written), and only then are args.json and the outputs written, under
 run_status.json's record of how the run ends.
 """

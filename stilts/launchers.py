@@ -14,7 +14,8 @@ The engines spread the runs; none of them is written here:
   submitit  a SLURM job array per batch of runs that may start together (the stage A runs and the
             baseline runs, then each stage A's target runs), requeued on pre-emption and time-outs
             (submitit's checkpoint protocol), or submitit's local executor;
-  ray       a Ray task per run, on a cluster or on a Ray started here for the study; Ray queues them.
+  ray       a Ray task per run, on a cluster or on a Ray started here for the study; Ray queues them,
+            and runs a run again on another node when its node is lost (up to --max_retries).
 """
 import concurrent.futures
 import contextlib
@@ -42,7 +43,7 @@ class Job:
     of memory, a node gone) gives a failed Outcome, never an exception."""
     run: object
     handle: object                  # the engine's own: a Future, a submitit Job, a Ray ObjectRef
-    get: Callable = None            # handle -> Outcome
+    get: Callable                   # handle -> Outcome
     where: str = ""                 # the engine's name for it, e.g. "SLURM job 12_3"
 
     def result(self):
@@ -158,9 +159,10 @@ class SubmititExecutor(Executor):
     def __init__(self, launch, study_folder):
         import submitit
 
-        self.attempts = Attempts(max_retries=launch.max_retries, processes=max(1, launch.gpus_per_run))
         cluster = None if launch.submitit_cluster == "auto" else launch.submitit_cluster
         self.executor = submitit.AutoExecutor(folder=os.path.join(study_folder, "submitit"), cluster=cluster)
+        self.attempts = Attempts(max_retries=launch.max_retries, processes=max(1, launch.gpus_per_run),
+                                 preemptible=self.executor.cluster == "slurm")
         extra = dict(item.split("=", 1) for item in launch.slurm_extra.split(",") if item.strip())
         parameters = {"timeout_min": launch.slurm_time, "cpus_per_task": launch.cpus,
                       "gpus_per_node": launch.gpus_per_run, "slurm_additional_parameters": extra}
@@ -177,8 +179,8 @@ class SubmititExecutor(Executor):
             with contextlib.redirect_stderr(io.StringIO()), self.executor.batch():
                 jobs = [self.executor.submit(SubmititRun(self.attempts), run) for run in runs]
         except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as e:
-            first_line = (str(e).strip().splitlines() or [""])[-1][:300]
-            raise StiltsError(f"sbatch refused the jobs ({first_line}); check --slurm_partition, --slurm_time, "
+            last_line = (str(e).strip().splitlines() or [""])[-1][:300]
+            raise StiltsError(f"sbatch refused the jobs ({last_line}); check --slurm_partition, --slurm_time, "
                               f"--gpus_per_run, --cpus_per_run and --slurm_extra") from None
         kind = "SLURM" if self.executor.cluster == "slurm" else "submitit"
         return [Job(run, job, lambda job: job.result(), f"{kind} job {job.job_id}") for run, job in zip(runs, jobs)]
@@ -197,6 +199,7 @@ class RayExecutor(Executor):
     def __init__(self, launch, study_folder):
         self.address, self.cpus, self.gpus = launch.ray_address, launch.cpus, launch.gpus_per_run
         self.attempts = Attempts(max_retries=launch.max_retries, processes=max(1, launch.gpus_per_run))
+        self.node_retries = launch.max_retries  # a run whose node is lost runs again on another, as often
 
     def __enter__(self):
         if self.address is None or loopback(self.address):  # Ray binds 127.0.0.1 only, not every interface
@@ -208,10 +211,12 @@ class RayExecutor(Executor):
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          **({} if self.address else {"num_cpus": os.cpu_count()}))
-            except ConnectionError as e:  # it answered, but would not take us
-                raise StiltsError(f"--ray_address {self.address}: {e}; a cluster with token authentication "
-                                  f"needs RAY_AUTH_MODE=token here (and its token, ~/.ray/auth_token)") from None
-        self.task = ray.remote(_attempt_on_ray).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
+            except ConnectionError as e:  # no cluster, or one that would not take us
+                first_line = (str(e).strip().splitlines() or ["cannot connect"])[0]
+                raise StiltsError(f"--ray_address {self.address}: {first_line}; if the cluster uses token "
+                                  f"authentication, set RAY_AUTH_MODE=token here (its token: ~/.ray/auth_token)") from None
+        self.task = ray.remote(_attempt_on_ray).options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                                        max_retries=self.node_retries)
         self.parallel = int(ray.cluster_resources().get("CPU", 1) // max(self.cpus, 1)) or 1  # Ray queues the rest
         return self
 
@@ -244,8 +249,9 @@ def _attempt_on_ray(run, attempts):
 def check_answers(address):
     """Something listens at the Ray address: ray.init would otherwise wait minutes on a dead one."""
     host, _, port = address.split("://")[-1].rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
     if not host or not port.isdigit():
-        raise StiltsError(f"--ray_address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+        raise StiltsError(f"--ray_address {address}: expected HOST:PORT, ray://HOST:PORT, auto or local")
     try:
         socket.create_connection((host, int(port)), timeout=10).close()
     except OSError as e:
@@ -266,7 +272,7 @@ def check_partition(name):
 
 def loopback(address):
     """Whether a Ray address ("HOST:PORT", "ray://HOST:PORT") is on this machine's loopback."""
-    host = address.split("://")[-1].rsplit(":", 1)[0]
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
@@ -310,7 +316,7 @@ class LaunchSettings:
             dict(item.split("=", 1) for item in self.slurm_extra.split(",") if item.strip())
         except ValueError:
             raise StiltsError(f"--slurm_extra {self.slurm_extra!r}: expected KEY=VALUE,KEY=VALUE") from None
-        if self.launcher == "ray" and self.ray_address not in (None, "auto"):
+        if self.launcher == "ray" and self.ray_address not in (None, "auto", "local"):
             check_answers(self.ray_address)
         if self.launcher == "submitit" and self.slurm_partition and self.uses_slurm():
             check_partition(self.slurm_partition)
@@ -352,14 +358,18 @@ class LaunchSettings:
 def carry_out(runs, executor, report=print, pace=lambda: None):
     """Every run to its end on `executor`; {run folder: Outcome}. Runs are handed over in their order
     as they may start, up to the executor's slots at a time: a run that finished before is skipped,
-    a target run waits for its stage A and is not started when that failed. `pace()`: this machine's
-    recorded pace, for the estimates."""
+    a target run waits for its stage A and is not started when that failed. An engine that refuses
+    the first runs (bad input) stops the study; one that refuses later runs fails those.
+    `pace()`: this machine's recorded pace, for the estimates."""
+    folders = {run.folder for run in runs}
+    if any(run.after is not None and run.after.folder not in folders for run in runs):
+        raise ValueError("every run a run waits for must be among the runs")
     progress = Progress(runs, report, pace=pace)
-    outcomes, waiting, live = {}, list(runs), []
+    outcomes, waiting, live, submitted = {}, list(runs), [], False
     with executor:
         progress.parallel = executor.parallel or executor.slots
         while waiting or live:
-            todo = []
+            todo = {}  # run -> why its folder is redone (None: a fresh start)
             for run in list(waiting):  # in order: what may start now, up to the free slots
                 if executor.slots and len(live) + len(todo) >= executor.slots:
                     break
@@ -372,12 +382,22 @@ def carry_out(runs, executor, report=print, pace=lambda: None):
                 elif why is None:
                     outcomes[run.folder] = Outcome("skipped")
                 else:
-                    progress.start(run, why if run_folder.user_files(run.folder) else None)
-                    todo.append(run)
+                    todo[run.folder] = run, why if run_folder.user_files(run.folder) else None
                     continue
                 progress.end(run, outcomes[run.folder])
             if todo:
-                live += executor.submit(todo)
+                try:
+                    live += executor.submit([run for run, _ in todo.values()])
+                except StiltsError as e:
+                    if not submitted:
+                        raise  # nothing started: the engine refused the study's input
+                    for run, _ in todo.values():
+                        outcomes[run.folder] = Outcome("failed", error=str(e))
+                        progress.end(run, outcomes[run.folder])
+                    continue
+                submitted = True
+                for run, why in todo.values():
+                    progress.start(run, why)
             for job in executor.wait(live) if live else ():
                 live.remove(job)
                 outcomes[job.run.folder] = job.result()

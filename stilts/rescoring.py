@@ -38,7 +38,7 @@ def evaluate_predictions(task, pred_path, data_dir, mm_data_dir=None):
         path = os.path.join(os.path.dirname(pred_path), f"{prefix}_{os.path.basename(pred_path)}")
         dev_file = companion.where("dev", folder)
         if os.path.isfile(path) and not os.path.isfile(dev_file):
-            logger.warning("not scoring %s: no mismatched dev file %s", path, dev_file)
+            logger.warning("not scoring %s: no %s dev file %s", path, companion.name, dev_file)
         elif os.path.isfile(path):
             metrics.update({f"{prefix}-{k}": v for k, v in dev_metrics(companion, path, folder).items()})
     return metrics

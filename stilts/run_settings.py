@@ -2,14 +2,13 @@
 every check that needs no model, made before anything is written or computed so that a run never
 dies hours in on a typo. stilts-run checks each of its runs with the same two.
 """
-import argparse
 import functools
 import math
 import os
 
 from stilts import reporting, run_folder, settings
 from stilts.errors import StiltsError
-from stilts.flags import DefaultsOnce, OneLineErrors
+from stilts.flags import ArgumentParser, DefaultsOnce, OneLineErrors
 from stilts.io import check_writable_folder, json_type, read_json
 from stilts.tasks import get_task, resolve_data_dir, run_splits
 
@@ -37,9 +36,9 @@ NOT_REPLAYED = {"force_overwrite"}
 
 def parse_args(argv=None):
     """glue/train.py's settings from its flags. With `--args_json RUN/args.json` a finished run's recorded
-    settings come first and the flags given after them win, so that `glue/train.py --args_json
+    settings come first and the other flags given win, so that `glue/train.py --args_json
     RUN/args.json --output_dir RUN2` replays the run exactly (its seed, drawn or not, is recorded)."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--args_json")
     given, rest = pre.parse_known_args(argv)
     if given.args_json is None:

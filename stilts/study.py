@@ -29,7 +29,8 @@ from stilts.tasks import get_task, resolve_data_dir, run_splits
 
 # glue/train.py flags the study sets for each run; passing them through would break the layout.
 OWNED_FLAGS = set().union(*map(flag_names, ("task_name", "data_dir", "output_dir", "seed", "bert_load_mode",
-                                            "bert_load_path", "do_train", "do_val", "do_test", "force_overwrite")))
+                                            "bert_load_path", "do_train", "do_val", "do_test", "force_overwrite")),
+                           {"--args_json"})
 # Stage A must leave a checkpoint whose "model" entry holds the whole encoder.
 STAGE_A_SAVE = ["--do_save", "--bert_save_mode", "model_all"]
 # With adapters it holds only what trained (adapters, LayerNorms, head); stage B adds the base weights.

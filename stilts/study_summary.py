@@ -124,8 +124,8 @@ def export_best(study, summary):
             continue
         best = max(candidates, key=lambda run: -np.inf if np.isnan(run["value"]) else run["value"])
         source = os.path.join(study.output_dir, best["dir"])
-        names = [n for n in ("test_preds.csv", "mm_test_preds.csv", "test_predictions.csv")
-                 if os.path.isfile(os.path.join(source, n))]
+        names = sorted(n for n in os.listdir(source) if n.endswith(("test_preds.csv", "test_predictions.csv"))
+                       and os.path.isfile(os.path.join(source, n)))  # the task's and its companions'
         if not names:
             entry["submission_from"] = None
             continue

@@ -3,7 +3,10 @@ and the driver alone skips finished runs, holds target runs for their stage A, a
 import json
 import pathlib
 
+import pytest
+
 from stilts.attempt import Outcome
+from stilts.errors import StiltsError
 from stilts.launchers import Executor, Job, carry_out
 from stilts.study import Run
 
@@ -77,3 +80,32 @@ def test_an_engine_that_loses_a_run_gives_a_failed_outcome(tmp_path):
 
     outcome = Job(None, None, lost).result()
     assert outcome.status == "failed" and outcome.error == "RuntimeError: node gone"
+
+
+class RefusingExecutor(InlineExecutor):
+    """Refuses the runs of its `refuse`-th batch, as sbatch refuses bad options."""
+
+    def __init__(self, refuse):
+        super().__init__()
+        self.refuse = refuse
+
+    def submit(self, runs):
+        if len(self.batches) + 1 == self.refuse:
+            self.batches.append(None)
+            raise StiltsError("sbatch refused the jobs")
+        return super().submit(runs)
+
+
+def test_an_engine_that_refuses_the_first_runs_stops_the_study(tmp_path):
+    stage_a, runs = study_runs(tmp_path)
+    with pytest.raises(StiltsError):
+        carry_out(stage_a + runs, RefusingExecutor(refuse=1), report=lambda line: None)
+
+
+def test_an_engine_that_refuses_later_runs_fails_them_and_goes_on(tmp_path):
+    stage_a, runs = study_runs(tmp_path)
+    outcomes = carry_out(stage_a + runs, RefusingExecutor(refuse=2), report=lambda line: None)
+    statuses = [outcomes[r.folder].status for r in stage_a + runs]
+    assert statuses.count("finished") == 5 and statuses.count("failed") == 2, statuses
+    assert {outcomes[r.folder].error for r in runs if outcomes[r.folder].status == "failed"} == {
+        "sbatch refused the jobs"}

@@ -3,13 +3,17 @@ both on 127.0.0.1 (scripts/cluster/). `pytest -m cluster`; .ci/run brings both c
 down after. Where a cluster cannot start here (not root, no packages), its tests are skipped with
 the script's one line saying why.
 """
+import glob
 import os
 import re
 import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import REPO, run_study, values
+from conftest import REPO, run_study, study_argv, values
+from stilts import attempt
 
 CLUSTER = os.path.join(REPO, "scripts", "cluster")
 pytestmark = pytest.mark.cluster
@@ -29,8 +33,10 @@ def cluster(script):
 def slurm():
     started = cluster("slurm.sh")
     # The sacct stand-in: without accounting storage submitit cannot tell a job that died.
-    os.environ["PATH"] = f"{CLUSTER}{os.pathsep}{os.environ['PATH']}"
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{CLUSTER}{os.pathsep}{path}"
     yield
+    os.environ["PATH"] = path
     if started:
         subprocess.run(["bash", os.path.join(CLUSTER, "slurm.sh"), "down"], capture_output=True)
 
@@ -39,9 +45,13 @@ def slurm():
 def ray_cluster():
     started = cluster("ray.sh")
     # The cluster uses Ray's token authentication (ray.sh), and so must the study's driver.
+    before = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "token"
     yield "127.0.0.1:" + os.environ.get("STILTS_RAY_PORT", "6379")
-    del os.environ["RAY_AUTH_MODE"]
+    if before is None:
+        del os.environ["RAY_AUTH_MODE"]
+    else:
+        os.environ["RAY_AUTH_MODE"] = before
     if started:
         subprocess.run(["bash", os.path.join(CLUSTER, "ray.sh"), "down"], capture_output=True)
 
@@ -95,3 +105,93 @@ def test_a_study_on_two_ray_nodes_gives_the_scores_of_the_local_launcher(ray_clu
     labels = ["stage A: mnli"] + [f"rte {arm} seed {s}" for arm in ("stilts", "baseline") for s in (1, 2)]
     nodes = {job_of(result.stdout, label) for label in labels}
     assert len(nodes) == 2 and all(node.startswith("Ray node ") for node in nodes), nodes
+
+
+def test_a_run_on_a_lost_ray_node_runs_again_on_the_other(ray_cluster, local_scores, tmp_path, tiny_bert_dir):
+    """The second node is stopped while both nodes train (1 CPU each, a run per CPU): its run goes to
+    the head, and the study ends as the local launcher's."""
+    out = tmp_path / "out"
+    env = dict(os.environ, STILTS_CACHE_DIR=str(out) + "-cache")
+    study = subprocess.Popen([sys.executable, "-m", "stilts.cli.run",
+                              *study_argv(out, tiny_bert_dir, "--launcher", "ray", "--ray_address", ray_cluster,
+                                          "--cpus_per_run", "1", targets="rte")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(training(out)) < 2:  # stage A and a baseline run, one on each node
+            assert time.monotonic() < deadline and study.poll() is None, "two runs never trained at once"
+            time.sleep(0.2)
+        stopped = subprocess.run(["bash", os.path.join(CLUSTER, "ray.sh"), "stop-node2"], capture_output=True,
+                                 text=True)
+        assert stopped.returncode == 0, stopped.stderr
+        stdout, _ = study.communicate(timeout=600)
+    finally:
+        study.kill()
+        subprocess.run(["bash", os.path.join(CLUSTER, "ray.sh"), "up"], capture_output=True)  # node2 back
+    assert study.returncode == 0, stdout[-3000:]
+    assert values(out) == pytest.approx(local_scores, abs=1e-4)
+    tries = {run: log.read_text().count("# stilts-run, try 1:") for run, log in logs(out).items()}
+    assert sorted(tries.values())[-1] == 2 and sum(tries.values()) == len(tries) + 1, tries  # one run twice
+
+
+def logs(out):
+    return {log.parent.relative_to(out): log for log in out.glob("**/" + attempt.LOG_NAME)}
+
+
+def training(out):
+    """The runs whose process started and has not finished (a log, no val_metrics.json)."""
+    return [run for run, log in logs(out).items() if not (log.parent / "val_metrics.json").exists()]
+
+
+# Target runs long enough to requeue in the middle: 48 steps, a periodic checkpoint every step.
+LONG = ["--train_examples_number", "32", "--num_train_epochs", "6", "--train_save_every", "1"]
+
+
+def slurm_job_of(folder):
+    """The SLURM job (ARRAY_TASK form) whose training process writes into `folder`, or None."""
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as f:
+                argv = f.read().split(b"\0")
+            if b"stilts.cli.train" not in argv or str(folder).encode() not in argv:
+                continue
+            with open(cmdline.replace("cmdline", "environ"), "rb") as f:
+                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        return f"{env[b'SLURM_ARRAY_JOB_ID'].decode()}_{env[b'SLURM_ARRAY_TASK_ID'].decode()}"
+    return None
+
+
+def test_a_requeued_run_continues_from_its_checkpoint_in_the_requeued_job(slurm, tmp_path, tiny_bert_dir):
+    """`scontrol requeue` of a target run's job after its first periodic checkpoint: SLURM's own signals
+    end the job, the requeued job resumes the run (no failed try used), and the scores are those of an
+    uninterrupted study."""
+    reference = tmp_path / "local"
+    assert run_study(reference, tiny_bert_dir, *LONG, targets="rte").returncode == 0
+    out = tmp_path / "out"
+    env = dict(os.environ, STILTS_CACHE_DIR=str(out) + "-cache")
+    study = subprocess.Popen([sys.executable, "-m", "stilts.cli.run",
+                              *study_argv(out, tiny_bert_dir, *LONG, "--launcher", "submitit", "--submitit_cluster",
+                                          "slurm", "--slurm_time", "20", "--max_retries", "0", targets="rte")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    victim, job = out / "rte" / "baseline" / "seed_1", None
+    try:
+        deadline = time.monotonic() + 300
+        while job is None:  # its first periodic checkpoint, while it still trains
+            assert time.monotonic() < deadline and study.poll() is None, "the run never checkpointed"
+            if glob.glob(str(victim / "all_state___epoch*___batch*.p")):
+                job = slurm_job_of(victim)
+            time.sleep(0.05)
+        requeued = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        assert requeued.returncode == 0, requeued.stderr
+        stdout, _ = study.communicate(timeout=600)
+    finally:
+        study.kill()
+    assert study.returncode == 0, stdout[-3000:]
+    assert values(out) == pytest.approx(values(reference), abs=1e-4)
+    log = (victim / attempt.LOG_NAME).read_text()
+    assert "# stilts-run: the job is being ended (SIGTERM" in log and "try 2" not in log, log
+    resumed = [line for line in log.splitlines() if line.startswith("# stilts-run, try 1:")][-1]
+    assert "--bert_load_mode state_all --bert_load_path" in resumed and "all_state___epoch" in resumed, log
+    assert subprocess.run(["squeue", "-h", "-j", job.split("_")[0]], capture_output=True, text=True).stdout == ""

@@ -53,6 +53,10 @@ def test_a_damaged_record_is_one_line_naming_it(finished_run, tmp_path, capsys, 
     assert not (tmp_path / "out").exists()
 
 
+def test_args_json_without_a_value_is_one_line(capsys):
+    assert "--args_json: expected one argument" in refused(capsys, "--args_json")
+
+
 def test_a_record_that_is_not_a_json_object(tmp_path, capsys):
     (tmp_path / "args.json").write_text("[1, 2]")
     err = refused(capsys, "--args_json", tmp_path / "args.json", "--output_dir", tmp_path / "out")

@@ -44,6 +44,8 @@ def glue(tmp_path_factory):
      "--train_examples_number 41 (for stage A: mnli): {glue}/MNLI/train.tsv has 40 examples"),
     (["--intermediate_dev_examples", "41"], "--dev_examples_number 41 (for stage A: mnli): {glue}/MNLI/dev_matched.tsv"),
     (["--intermediate_dev_examples", "0"], "--intermediate_dev_examples 0: must be at least 1"),
+    # A replay in every run would train other settings than the study checks.
+    (["--args_json", "x/args.json"], "--args_json (pass-through flag): stilts-run sets it for each run"),
 ])
 def test_bad_study_flags_stop_it_before_any_run(glue, tmp_path, tiny_bert_dir, capsys, extra, message):
     out = tmp_path / "out"

@@ -155,6 +155,8 @@ down() {
     kill -9 "$p" 2>/dev/null && stopped+=" slurmstepd($p)"
   done
   stop_pid /run/munge/stilts-munged.pid munged   # only a munged this script started has this pid file
+  # The clients' pointer to our config goes with the cluster (the packages and munge's key stay).
+  [ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$CONF" ] && rm -f /etc/slurm/slurm.conf
   echo "slurm down: stopped${stopped:- nothing (was not running)}"
 }
 

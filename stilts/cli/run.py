@@ -12,11 +12,10 @@ import os
 import shlex
 import sys
 
-from stilts import run_folder
+from stilts import launchers, run_folder
 from stilts.cli import report_errors
 from stilts.errors import StiltsError
 from stilts.flags import ArgumentParser, add_flags
-from stilts.launchers import LaunchSettings
 from stilts.study import Study, check_before_training, describe, parse_seeds
 
 
@@ -48,7 +47,7 @@ def build_parser():
                         "summary says it is a sample")
     p.add_argument("--no_test", action="store_true", help="do not predict the test sets (no submission input)")
     launch = p.add_argument_group("where the runs run (docs/pipeline.md#many-gpus-and-clusters)")
-    add_flags(launch, LaunchSettings)
+    add_flags(launch, launchers.LaunchSettings)
     p.add_argument("--adapters", action="store_true",
                    help="train adapters instead of the whole encoder: the adapter config (configs/ for "
                         "bert-base/large-uncased, else --bert_config_json_path), a model_tunable stage A, and "
@@ -60,6 +59,7 @@ def parse_args(argv=None):
     """(the Study, where its runs run) from stilts-run's flags; every other flag is a glue/train.py flag
     passed through to every run."""
     flags, passthrough = build_parser().parse_known_args(argv)
+    launch = launchers.LaunchSettings.from_flags(flags)  # cheap checks first: the Study may load the model's config
     try:
         intermediate_flags = shlex.split(flags.intermediate_args)
     except ValueError as e:  # an unbalanced quote
@@ -74,7 +74,7 @@ def parse_args(argv=None):
                   output_dir=flags.output_dir, train_flags=passthrough, intermediate_flags=intermediate_flags,
                   intermediate_seed=flags.intermediate_seed, intermediate_dev_examples=flags.intermediate_dev_examples,
                   compare=flags.compare, glue_dir=flags.glue_dir, no_test=flags.no_test, adapters=flags.adapters)
-    return study, LaunchSettings.from_flags(flags)
+    return study, launch
 
 
 def report(line):
@@ -84,7 +84,7 @@ def report(line):
 @report_errors
 def main(argv=None):
     study, launch = parse_args(argv)
-    from stilts import launchers, study_summary  # SciPy: only once the flags are good
+    from stilts import study_summary  # SciPy: only once the flags are good
     from stilts.attempt import log_path
 
     stage_a, runs = study.plan()
