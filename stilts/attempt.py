@@ -89,6 +89,8 @@ def _without(argv, *flags):
 def attempt(run, attempts, env=None, stop=None):
     """Carry `run` to its end (see the module docstring); never raises for a failing run. `stop`
     (a local study's Stop) ends it early when the study is interrupted."""
+    if attempts.preemptible:
+        wait_while_held(run)
     if run.finished():
         return Outcome("skipped")
     started, error = time.monotonic(), ""
@@ -106,9 +108,26 @@ def attempt(run, attempts, env=None, stop=None):
         if attempts.preemptible and code == -signal.SIGTERM:
             wait_for_requeue(run)
         error = _last_error(run) or (f"exit status {code}" if code else "ended without writing its outputs")
+        if attempts.preemptible and code == BAD_INPUT and "in use by" in error:  # an older job took it first
+            wait_while_held(run)
+            return attempt(run, attempts, env, stop)
         if code == BAD_INPUT or (stop is not None and stop.is_set()):  # bad input fails again; or stopped
             return Outcome("failed", time.monotonic() - started, number, error)
     return Outcome("failed", time.monotonic() - started, attempts.max_retries + 1, error)
+
+
+def wait_while_held(run, poll_seconds=5):
+    """On a cluster a run's folder may still be held by the job of an earlier stilts-run that was
+    killed (its jobs live on): wait for that job to end it, rather than fail on the held folder. (It
+    may also take the folder just after this looked: a try refused as "in use" waits too.)"""
+    holder = run_folder.holder(run.folder)
+    if holder is None:
+        return
+    with open(log_path(run), "a", encoding="utf-8") as log:
+        log.write(f"{_line_break(log_path(run))}# stilts-run: waiting for {holder}, which holds this run's "
+                  f"folder (a job of an earlier stilts-run?)\n")
+    while run_folder.holder(run.folder) is not None:
+        time.sleep(poll_seconds)
 
 
 def wait_for_requeue(run):

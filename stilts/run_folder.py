@@ -114,6 +114,24 @@ def _take(lock_path, folder, flag):
         os.close(fd)
 
 
+def holder(folder):
+    """Who holds the folder's lock now ('process 123 (...)'), or None when nobody does."""
+    lock_path = os.path.join(folder, LOCK_NAME)
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _holder(lock_path)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _holder(lock_path):
     """'process 123 (glue/train.py ..., since ...)' from the lock file, as far as it can be read."""
     try:

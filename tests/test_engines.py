@@ -195,3 +195,31 @@ def test_a_requeued_run_continues_from_its_checkpoint_in_the_requeued_job(slurm,
     resumed = [line for line in log.splitlines() if line.startswith("# stilts-run, try 1:")][-1]
     assert "--bert_load_mode state_all --bert_load_path" in resumed and "all_state___epoch" in resumed, log
     assert subprocess.run(["squeue", "-h", "-j", job.split("_")[0]], capture_output=True, text=True).stdout == ""
+
+
+def test_a_killed_launcher_started_again_finishes_without_redoing_a_run(slurm, tmp_path, tiny_bert_dir):
+    """stilts-run killed while a target run's job trains (SLURM keeps the job): the same command again
+    touches no finished run and completes, leaving no job behind. (A new job that finds its run's
+    folder held by the old one waits for it: test_attempt.py; on this 2-CPU node the old jobs hold
+    both CPUs, so the new ones start only after them.)"""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "stilts.cli.run",
+            *study_argv(out, tiny_bert_dir, *LONG, "--launcher", "submitit", "--submitit_cluster", "slurm",
+                        "--slurm_time", "20", targets="rte")]
+    env = dict(os.environ, STILTS_CACHE_DIR=str(out) + "-cache")
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env)
+    victim = out / "rte" / "baseline" / "seed_1"
+    try:
+        deadline = time.monotonic() + 300
+        while slurm_job_of(victim) is None:
+            assert time.monotonic() < deadline and first.poll() is None, "the run never trained"
+            time.sleep(0.05)
+    finally:
+        first.kill()
+        first.wait()
+    done_before = {path: path.stat().st_mtime_ns for path in out.glob("**/val_metrics.json")}
+    again = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in done_before} == done_before
+    assert len(values(out)) == 4
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == ""
