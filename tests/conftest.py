@@ -125,3 +125,31 @@ def values(out):
     summary = json.loads((out / "summary.json").read_text())
     return {(target, arm, run["seed"]): run["value"] for target, entry in summary["targets"].items()
             for arm, s in entry.items() if isinstance(s, dict) and "runs" in s for run in s["runs"]}
+
+
+def one_step_gradients(trainer, features, batch):
+    """Take one training step on `batch` and return the gradients it stepped with ({name: tensor}).
+
+    Tests compare these rather than the weights after the step: Adam's first step moves each weight by
+    about lr * sign(gradient), so a gradient of rounding-noise size (a key's bias gets one: its true
+    gradient is zero) can move a weight by a full +-lr on one machine and not on another."""
+    import torch
+    gradients = {}
+    trainer.make_optimizer(total_steps=1)
+    trainer.optimizer.register_step_pre_hook(lambda *_: gradients.update(
+        {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.wrapped.train()
+    trainer.train_step(features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
+    moved = sum(not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters())
+    assert gradients.keys() == before.keys() and moved > len(before) // 2  # the step did update the weights
+    return gradients
+
+
+def assert_same_gradients(gradients, expected, msg=""):
+    """Equal up to rounding noise, which scales with the largest gradient of the step."""
+    import torch
+    atol = 1e-6 * max(g.abs().max().item() for g in expected.values())
+    assert gradients.keys() == expected.keys(), msg
+    for name, want in expected.items():
+        torch.testing.assert_close(gradients[name], want, rtol=1e-4, atol=atol, msg=f"{msg}: {name}")
