@@ -214,7 +214,7 @@ def equivalence(report, device, rte_dir, smoke):
                 before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
                 trainer.make_optimizer(total_steps=1)
                 trainer.wrapped.train()
-                trainer.train_step(features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
+                trainer.train_step(features, batch)
                 # All parameters as one vector: a tensor whose gradient is zero in exact arithmetic
                 # (the keys' bias) gets an Adam update made of rounding noise alone.
                 update = torch.cat([(p.detach() - before[n]).flatten().cpu() for n, p in
@@ -362,13 +362,12 @@ def profile(trainer, features, device, path, steps=8):
 
     batches = epoch_batches(features.lengths, trainer.settings.train_batch_size, trainer.settings.seed, 0,
                             trainer.settings.group_by_length)[:steps]
-    position = {"epoch": 0, "batch": 0, "global_step": 0}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
     with torch.profiler.profile(activities=activities) as prof:
         start = time.perf_counter()
         for indices in batches:
-            trainer.train_step(features, indices, position)
+            trainer.train_step(features, indices)
         synchronize(device)
         wall = time.perf_counter() - start
     events = prof.key_averages()

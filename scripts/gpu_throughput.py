@@ -75,13 +75,12 @@ def throughput(config, precision, args):
         trainer.wrapped.train()
         features = synthetic_features(config, args.batch_size, args.seq_len)
         batch = np.arange(args.batch_size)
-        position = {"epoch": 0, "batch": 0, "global_step": 0}
         for _ in range(args.warmup):
-            trainer.train_step(features, batch, position)
+            trainer.train_step(features, batch)
         synchronize(device)
         start = time.perf_counter()
         for _ in range(args.steps):
-            trainer.train_step(features, batch, position)
+            trainer.train_step(features, batch)
         synchronize(device)
         seconds = time.perf_counter() - start
     examples_per_s = args.steps * args.batch_size / seconds

@@ -20,7 +20,7 @@ from stilts.checkpoints import HEAD_KEEPING_MODES, load_weights
 from stilts.errors import StiltsError
 from stilts.features import load_features
 from stilts.io import write_csv, write_json, write_logits_csv
-from stilts.modeling import ModelSource, build_model, print_trainable_params, warn_if_fp16_overflows
+from stilts.modeling import ModelSource, build_model, print_trainable_params, read_base, warn_if_fp16_overflows
 from stilts.settings import TrainSettings, base_path_from_args, features_cache_dir
 from stilts.trainer import Trainer
 
@@ -56,8 +56,9 @@ def run(args, ctx, task, split_files, started=None):
         warn_if_fp16_overflows(config, args.fp16)
     model = build_model(config, task)
     pretrained = source.pretrained_encoder_state() if args.bert_load_mode == "from_pretrained" else None
-    checkpoint = load_weights(model, args.bert_load_mode, args.bert_load_path,
-                              base_path_from_args(args.bert_base_path, args.bert_load_args), pretrained)
+    base_path = base_path_from_args(args.bert_base_path, args.bert_load_args)
+    base = (read_base(base_path), base_path) if base_path else None
+    checkpoint = load_weights(model, args.bert_load_mode, args.bert_load_path, base, pretrained)
     if args.bert_load_mode in HEAD_KEEPING_MODES:
         check_recorded_labels(task, checkpoint, args.bert_load_path)
     if task.recorded_labels() is not None:  # a task file's labels may come from its data

@@ -1,4 +1,4 @@
-"""Atomic file writes and safe checkpoint reads.
+"""Atomic file writes, and the JSON and CSV files stilts writes.
 
 Every checkpoint, prediction and metrics file goes through `atomic_write`: the bytes land in a
 temporary file in the destination folder, are fsync'ed, then renamed over the target. A crash
@@ -8,9 +8,7 @@ import contextlib
 import errno
 import json
 import os
-import pickle
 import tempfile
-import warnings
 
 import numpy as np
 
@@ -153,108 +151,3 @@ def write_csv(path, columns):
         writer.writerow(list(columns))
         writer.writerows(zip(*[[repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in values]
                                for values in columns.values()]))
-
-
-def save_checkpoint(path, obj):
-    import torch  # imported here: the submission tools use this module and need no torch
-
-    with atomic_write(path, "wb") as f:
-        recorder = _WriteRecorder(f)
-        try:
-            torch.save(obj, recorder)
-        except RuntimeError:
-            if recorder.error is not None:  # raised as itself, so that atomic_write names the full disk
-                raise recorder.error from None
-            raise
-
-
-class _WriteRecorder:
-    """A file that keeps the OSError of a failed write: torch.save turns it into an opaque RuntimeError."""
-
-    def __init__(self, f):
-        self.f = f
-        self.error = None
-
-    def write(self, data):
-        try:
-            return self.f.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-
-    def flush(self):
-        self.f.flush()
-
-
-TORCH_ZIP = b"PK\x03\x04"  # torch.save writes a zip archive
-TORCH_LEGACY = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)  # torch < 1.6: a pickle opening with its magic number
-
-
-def _not_a_torch_checkpoint(path):
-    """What the file is instead, judged by its first bytes; None when it may be a torch checkpoint.
-
-    torch.load(weights_only=True) calls every other file a pickle it refused, which would send
-    the user looking for code in a file of random bytes or a renamed safetensors file.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(TORCH_LEGACY))
-    except OSError as e:
-        return f"cannot be read ({e.strerror})"
-    if head.startswith(TORCH_ZIP) or head.startswith(TORCH_LEGACY):
-        return None
-    if not head:
-        return "an empty file, not a torch checkpoint"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # PROTO 2-5 opens a pickle
-        return "refused to load: a plain pickle, not a checkpoint written by torch.save"
-    header_length = int.from_bytes(head[:8], "little")  # safetensors: a JSON header after its 8-byte length
-    if head[8:9] == b"{" and 8 + header_length <= os.path.getsize(path):
-        return "a safetensors file, not a torch checkpoint: rename it to .safetensors"
-    return "not a torch checkpoint (neither a zip nor a pickle)"
-
-
-def _torch_reason(error):
-    """The informative line of a torch.load error (a weights-only refusal opens with a paragraph of advice)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if isinstance(error, pickle.UnpicklingError):
-        lines = [line for line in lines[1:] if not line.startswith(("Please file", "Check the documentation"))] or lines
-    return lines[0][:200] if lines else type(error).__name__
-
-
-def check_state_dict(state, path, entry=None):
-    """Refuse anything but names -> tensors (in the file, or in its `entry`), naming the first offender:
-    load_into would otherwise fail with a traceback far from the cause."""
-    import torch
-
-    subject = f"{entry!r} entry " if entry else ""
-    if not isinstance(state, dict):
-        raise StiltsError(f"{path}: {subject}holds a {type(state).__name__}, expected a state dict (a dict of tensors)")
-    for key, value in state.items():
-        if not isinstance(key, str):
-            raise StiltsError(f"{path}: {subject}has a key of type {type(key).__name__}, expected parameter names")
-        if not torch.is_tensor(value):
-            raise StiltsError(f"{path}: {subject}holds a {type(value).__name__} under key {key!r}, expected tensors")
-
-
-def load_checkpoint(path):
-    """Load a `.p`/`.bin` checkpoint without executing code: tensors and plain containers only.
-
-    What it holds is not checked here: see stilts.checkpoints for the structure each use expects.
-    """
-    import torch
-
-    if not os.path.isfile(path):
-        raise StiltsError(f"{path}: checkpoint file not found")
-    not_torch = _not_a_torch_checkpoint(path)
-    if not_torch:
-        raise StiltsError(f"{path}: {not_torch}")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols > 2 before failing on them below
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged file can make torch's readers raise nearly anything
-        reason = _torch_reason(e)
-        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in reason:  # a class or function: code
-            raise StiltsError(f"{path}: refused to load: it holds objects other than tensors and plain "
-                              f"containers, which could run code ({reason})") from None
-        raise StiltsError(f"{path}: not a readable checkpoint (truncated or corrupt?): {reason}") from None

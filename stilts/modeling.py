@@ -17,16 +17,16 @@ import json
 import logging
 import os
 
-import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
 from stilts import adapters, resources, speedups
+from stilts.checkpoints import check_state_dict, read_weights
 from stilts.errors import StiltsError
 from stilts.features import SEED_LAYOUT, ModelTokenizer, load_tokenizer
-from stilts.io import check_state_dict, load_checkpoint, read_json
+from stilts.io import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -334,15 +334,16 @@ class ModelSource:
                               f"({type(e).__name__}); pass a local model folder as {self.flag}{hint}") from None
 
 
-def read_weights(path):
-    """A state dict from a .safetensors or torch file, never running pickled code."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        try:
-            return load_file(path)
-        except Exception as e:
-            raise StiltsError(f"{path}: not a readable safetensors file ({e})") from None
-    return load_checkpoint(path)
+def read_base(path):
+    """Base BERT weights: a state dict file (the seed used the pretrained pytorch_model.bin; also
+    .p/.pt/.safetensors) or a model folder such as the one given as --bert_model."""
+    if os.path.isdir(path):
+        return ModelSource(path).pretrained_encoder_state()
+    if not os.path.isfile(path):
+        raise StiltsError(f"{path}: base BERT weights not found (--bert_base_path / --bert_load_args)")
+    weights = read_weights(path)
+    check_state_dict(weights, path)
+    return weights
 
 
 def build_model(config, task):
@@ -370,7 +371,3 @@ def unwrap(model):
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or getattr(model, "_orig_mod")
     return model
-
-
-def to_cpu_state(state_dict):
-    return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state_dict.items()}

@@ -24,11 +24,10 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from stilts import distributed, speedups
-from stilts.checkpoints import make_checkpoint
+from stilts.checkpoints import Position, make_checkpoint, restore_training, save_checkpoint, train_state
 from stilts.cpu import warn_if_slow_bf16
-from stilts.errors import CannotResume, NonFiniteTraining
+from stilts.errors import NonFiniteTraining
 from stilts.features import DeviceFeatures
-from stilts.io import save_checkpoint
 from stilts.metrics import compute_metrics
 from stilts.modeling import loss_fn, unwrap
 
@@ -150,7 +149,7 @@ class Trainer:
             self.wrapped = DistributedDataParallel(self.compiled, device_ids=device_ids)
         self.optimizer = None
         self.scheduler = None
-        self.position, self.history = None, {}  # where training stands, and its dev scores per epoch (prepare)
+        self.position, self.history = Position(), {}  # where training stands, and its dev scores per epoch
         self.steps_per_epoch = self.total_steps = None
         self.last_validation = None  # the dev scores after the last epoch trained, for --do_val_history
         self.window = StepWindow(ctx.device)
@@ -199,11 +198,13 @@ class Trainer:
         warmup = int(self.settings.warmup_proportion * total_steps)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, total_steps)
 
-    def save(self, path, save_mode, train_state=None):
-        """Write a checkpoint atomically (main process only)."""
+    def save(self, path, save_mode, position=None):
+        """Write a checkpoint atomically (main process only; every process calls it); at a `position`
+        of training, with the training state that resumes from there when the mode keeps it."""
+        state = None if position is None else train_state(position, self.settings.seed, self.history, self.ctx)
         if self.ctx.is_main:
             checkpoint = make_checkpoint(self.model, save_mode, self.run_args, self.optimizer,
-                                         self.scheduler, self.scaler, train_state)
+                                         self.scheduler, self.scaler, state)
             save_checkpoint(path, checkpoint)
         distributed.barrier(self.ctx)
 
@@ -215,10 +216,14 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(features) / self.settings.train_batch_size)
         self.total_steps = max(1, round(self.steps_per_epoch * self.settings.num_train_epochs))
         self.make_optimizer(self.total_steps)
-        self.position, self.history = {"epoch": 0, "batch": 0, "global_step": 0}, {}
+        self.position, self.history = Position(), {}
         if resume is not None:
-            self.position, self.history = self._restore(resume, self.total_steps)
-        self.global_step = self.position["global_step"]
+            parts = {"optimizer": self.optimizer, "scheduler": self.scheduler}
+            if self.scaler.is_enabled():
+                parts["scaler"] = self.scaler
+            self.position, self.history = restore_training(resume, parts, self.run_args, self.settings.seed,
+                                                           self.total_steps, self.ctx)
+        self.global_step = self.position.global_step
 
     def train(self, features, val_features=None):
         """Train for num_train_epochs (after prepare(), or from scratch); returns the per-epoch dev
@@ -236,32 +241,32 @@ class Trainer:
         started, self.train_examples, scoring_before = time.perf_counter(), 0, self.scored_seconds
         self._examples_since, self._since = 0, started
         epochs_bar = tqdm(total=math.ceil(total_steps / steps_per_epoch), desc="Epoch", disable=None if show else True,
-                          initial=position["epoch"])
+                          initial=position.epoch)
         data = self._device_split(features)
         self.wrapped.train()
-        while position["global_step"] < total_steps:
-            epoch = position["epoch"]
+        while position.global_step < total_steps:
+            epoch = position.epoch
             batches = epoch_batches(lengths, cfg.train_batch_size, cfg.seed, epoch, cfg.group_by_length)
             order = data.upload(np.concatenate(batches))  # the epoch's batches, one after another
             starts = np.cumsum([0] + [len(b) for b in batches])
-            last_batch = min(len(batches), position["batch"] + total_steps - position["global_step"])
-            steps_bar = tqdm(range(position["batch"], last_batch), desc="Training", leave=False,
+            last_batch = min(len(batches), position.batch + total_steps - position.global_step)
+            steps_bar = tqdm(range(position.batch, last_batch), desc="Training", leave=False,
                              disable=None if show else True)
             for b in steps_bar:
                 self._train_step(data, batches[b], order[starts[b]:starts[b + 1]], position)
-                position["global_step"] += 1
-                position["batch"] = b + 1
-                self.global_step = position["global_step"]
+                position.global_step += 1
+                position.batch = b + 1
+                self.global_step = position.global_step
                 self.train_examples += len(batches[b])
                 self._examples_since += len(batches[b])
-                saving = cfg.train_save_every and (position["global_step"] % cfg.train_save_every == 0
+                saving = cfg.train_save_every and (position.global_step % cfg.train_save_every == 0
                                                    or b == len(batches) - 1)
                 # The host waits for the device only here: to log, and before a checkpoint or the end.
-                if saving or position["global_step"] % cfg.logging_steps == 0 or b == last_batch - 1:
-                    loss = self._check_window(position, history)
+                if saving or position.global_step % cfg.logging_steps == 0 or b == last_batch - 1:
+                    loss = self._check_window(position)
                     steps_bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if saving:
-                    self._save_periodic(epoch, b, position, history)
+                    self._save_periodic(epoch, b, position)
                     self._since = time.perf_counter()  # examples/s counts training time only
             steps_bar.close()
             if val_features is not None:
@@ -270,17 +275,17 @@ class Trainer:
                 self.report_eval({**result["metrics"], "loss": result["loss"]})
                 self.wrapped.train()
                 self._since = time.perf_counter()
-            position = {"epoch": epoch + 1, "batch": 0, "global_step": position["global_step"]}
+            position = Position(epoch + 1, 0, position.global_step)
             epochs_bar.update(1)
         epochs_bar.close()
         self.train_seconds = time.perf_counter() - started - (self.scored_seconds - scoring_before)  # training alone
         return history
 
-    def train_step(self, features, indices, position):
+    def train_step(self, features, indices, position=None):
         """One optimizer step over these examples of `features` (benchmarks and tests: train() uploads
-        each epoch's indices once)."""
+        each epoch's indices once); `position` numbers the step (a Position; the first by default)."""
         data = self._device_split(features)
-        self._train_step(data, indices, data.upload(indices), position)
+        self._train_step(data, indices, data.upload(indices), position or Position())
 
     def warm_up(self, features, val_features=None):
         """Compile the model and record its CUDA graphs for each batch shape of training on `features`
@@ -342,15 +347,15 @@ class Trainer:
             if self.skip_on_device:
                 self.optimizer.found_inf = bad.float()  # read by the fused AdamW kernel: no update when 1
             elif bad.item():  # an optimizer without found_inf: the host must look at every step
-                self.window.add(loss_sum / n_global, grad_norm.float(), bad, position["global_step"] + 1)
-                self._check_window(position, self.history)
+                self.window.add(loss_sum / n_global, grad_norm.float(), bad, position.global_step + 1)
+                self._check_window(position)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.window.add(loss_sum / n_global, grad_norm.float(), bad, position["global_step"] + 1)
+        self.window.add(loss_sum / n_global, grad_norm.float(), bad, position.global_step + 1)
 
-    def _check_window(self, position, history):
+    def _check_window(self, position):
         """Bring the steps since the last check to the host (one sync, one all-reduce): their mean
         loss; if one of them was bad, keep the weights (no bad step updated them) and stop."""
         loss, grad_norm, first_bad = self.window.collect(self.ctx)
@@ -359,7 +364,7 @@ class Trainer:
             self.reporter.scalars("train", {"loss": loss, "learning_rate": self.scheduler.get_last_lr()[0],
                                             "grad_norm": grad_norm,
                                             "examples_per_s": self._examples_since / (now - self._since)},
-                                  position["global_step"])
+                                  position.global_step)
             self._examples_since, self._since = 0, now
         if first_bad is None:
             return loss
@@ -368,58 +373,12 @@ class Trainer:
         where = f"step {step} (epoch {epoch}, batch {batch})"
         path = os.path.join(self.output_dir, "all_state___last_good.p")
         self.optimizer.zero_grad(set_to_none=True)
-        self.save(path, "all", train_state=self._train_state(position, history))
-        raise NonFiniteTraining(what, value, where, position["global_step"], path)
+        self.save(path, "all", position)
+        raise NonFiniteTraining(what, value, where, position.global_step, path)
 
-    def _train_state(self, position, history):
-        """Where training stands, with every process's RNG state: dropout continues exactly on resume."""
-        rng = {"torch_rng": torch.get_rng_state()}
-        if self.ctx.device.type == "cuda":
-            rng["cuda_rng"] = torch.cuda.get_rng_state(self.ctx.device)
-        return {"epoch": position["epoch"], "batch": position["batch"], "global_step": position["global_step"],
-                "seed": self.settings.seed, "val_history": history,
-                "rng_per_rank": distributed.all_gather_objects(self.ctx, rng)}
-
-    def _save_periodic(self, epoch, batch, position, history):
+    def _save_periodic(self, epoch, batch, position):
         name = f"all_state___epoch{epoch:04d}___batch{batch:06d}.p"
-        self.save(os.path.join(self.output_dir, name), self.settings.bert_save_mode, self._train_state(position, history))
-
-    def _restore(self, checkpoint, total_steps):
-        """Optimizer, schedule, scaler, RNG and position of a `state_all` checkpoint."""
-        missing = [k for k in ("optimizer", "scheduler", "train_state") if k not in checkpoint]
-        if missing:
-            raise CannotResume(missing=missing)
-        previous = checkpoint.get("args") or {}
-        for flag in ("train_batch_size", "train_examples_number"):  # they fix the batches: same data order
-            if flag in previous and flag in self.run_args and previous[flag] != self.run_args[flag]:
-                raise CannotResume(setting=flag, then=previous[flag], now=self.run_args[flag])
-        # checkpoints.check_resume_state found these to be dicts and train_state complete; what is
-        # inside the dicts is checked by torch's load_state_dict, which fails with any of these errors.
-        parts = {"optimizer": self.optimizer, "scheduler": self.scheduler}
-        if "scaler" in checkpoint and self.scaler.is_enabled():
-            parts["scaler"] = self.scaler
-        for name, part in parts.items():
-            try:
-                part.load_state_dict(checkpoint[name])
-            except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
-                raise CannotResume(f"{self.run_args.get('bert_load_path')}: its {name} state does not fit this "
-                                   f"run ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
-        state = checkpoint["train_state"]
-        if state["global_step"] > total_steps:
-            raise CannotResume(f"the checkpoint is at step {state['global_step']} but this run has only {total_steps} "
-                               f"steps")
-        if state.get("seed") is not None and state["seed"] != self.settings.seed:
-            logger.warning("resuming with seed %s; the checkpoint's run used %s: the data order changes",
-                           self.settings.seed, state["seed"])
-        rngs = state["rng_per_rank"]
-        if len(rngs) != self.ctx.world_size:
-            logger.warning("resuming on %d processes, the checkpoint's run had %d: same batches, other dropout masks",
-                           self.ctx.world_size, len(rngs))
-        rng = rngs[self.ctx.rank % len(rngs)]
-        torch.set_rng_state(rng["torch_rng"])
-        if "cuda_rng" in rng and self.ctx.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda_rng"], self.ctx.device)
-        return {k: state[k] for k in ("epoch", "batch", "global_step")}, dict(state.get("val_history", {}))
+        self.save(os.path.join(self.output_dir, name), self.settings.bert_save_mode, position)
 
     # ----------------------------------------------------------------------------- evaluation
     def predict(self, features, desc="Evaluating"):

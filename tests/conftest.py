@@ -140,7 +140,7 @@ def one_step_gradients(trainer, features, batch):
         {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}))
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.wrapped.train()
-    trainer.train_step(features, batch, {"epoch": 0, "batch": 0, "global_step": 0})
+    trainer.train_step(features, batch)
     moved = sum(not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters())
     assert gradients.keys() == before.keys() and moved > len(before) // 2  # the step did update the weights
     return gradients

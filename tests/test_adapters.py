@@ -19,9 +19,8 @@ from transformers import BertConfig
 from conftest import FIXTURES, REPO, refused, run_train
 from stilts.cli import run as stilts_run
 from stilts.adapters import Adapter
-from stilts.checkpoints import load_weights
+from stilts.checkpoints import load_checkpoint, load_weights
 from stilts.errors import StiltsError
-from stilts.io import load_checkpoint
 from stilts.metrics import majority_baseline
 from stilts.modeling import BertForGlue, ModelSource
 from stilts.tasks import get_task

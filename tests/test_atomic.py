@@ -15,7 +15,7 @@ from stilts.cli.train import main
 # Saves a ~40 MB checkpoint to the same path over and over; each tensor holds its version number.
 SAVER = """
 import itertools, sys, torch
-from stilts.io import save_checkpoint
+from stilts.checkpoints import save_checkpoint
 weights = torch.empty(10_000_000)
 for version in itertools.count(1):
     weights.fill_(version)
