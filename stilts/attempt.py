@@ -102,13 +102,18 @@ def attempt(run, attempts, env=None, stop=None):
         with open(log_path(run), "a", encoding="utf-8") as log:
             log.write(f"{_line_break(log_path(run))}# stilts-run, try {number}: {shlex.join(command)}\n")
             log.flush()
-            code = _run(command, log, env, stop)
+            try:
+                code = _run(command, log, env, stop)
+            except SystemExit:  # submitit ends the job to requeue it: its time limit is near (USR2)
+                log.write(f"{_line_break(log_path(run))}# stilts-run: the job is being requeued (its time limit "
+                          f"is near); the requeued job continues this run\n")
+                raise
         if code == 0 and run.finished():
             return Outcome("finished", time.monotonic() - started, number)
         if attempts.preemptible and code == -signal.SIGTERM:
             wait_for_requeue(run)
         error = _last_error(run) or (f"exit status {code}" if code else "ended without writing its outputs")
-        if attempts.preemptible and code == BAD_INPUT and "in use by" in error:  # an older job took it first
+        if attempts.preemptible and code == BAD_INPUT and run_folder.IN_USE in error:  # an older job took it
             wait_while_held(run)
             return attempt(run, attempts, env, stop)
         if code == BAD_INPUT or (stop is not None and stop.is_set()):  # bad input fails again; or stopped

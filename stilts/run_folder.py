@@ -28,6 +28,7 @@ from stilts.io import cannot_write, read_json, write_json
 LOCK_NAME = ".stilts.lock"
 STATUS_NAME = "run_status.json"
 LOG_NAME = "stilts-run.log"  # what stilts-run's launchers keep of a run's output, before the run starts
+IN_USE = "in use by"  # how a refusal of a held folder reads: stilts-run's attempts wait on a cluster when they see it
 
 
 def user_files(folder):
@@ -102,7 +103,7 @@ def _take(lock_path, folder, flag):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StiltsError(f"{folder}: in use by {_holder(lock_path)}; wait for it to end, or choose "
+            raise StiltsError(f"{folder}: {IN_USE} {_holder(lock_path)}; wait for it to end, or choose "
                               f"another {flag}") from None
         except OSError as e:  # a file system without locks (some NFS or FUSE mounts)
             os.close(fd)

@@ -95,6 +95,9 @@ class TrainSettings:
     weight_decay: float = setting("AdamW weight decay (not on biases and LayerNorms)", 0.01)
     max_grad_norm: float = setting("clip the global gradient norm to this; 0 turns clipping off", 1.0)
     train_save_every: Optional[int] = setting("write a resumable checkpoint every N optimizer steps", None)
+    train_save_mode: Optional[Literal[SAVE_MODES]] = setting(
+        "what the checkpoints of --train_save_every keep, as --bert_save_mode says (default: --bert_save_mode): "
+        "with all or tunable they resume, whatever the final all_state.p keeps", None)
     logging_steps: int = setting("bring the running loss to the host every N optimizer steps (progress bar, "
                                  "non-finite check); between them the host never waits for the device", 50)
     bert_save_mode: Literal[SAVE_MODES] = setting(
@@ -111,6 +114,16 @@ class TrainSettings:
     @property
     def precision(self):
         return "fp16" if self.fp16 else "bf16" if self.bf16 else "fp32"
+
+    @property
+    def periodic_save_mode(self):
+        """The save mode of the periodic checkpoints."""
+        return self.train_save_mode or self.bert_save_mode
+
+    @property
+    def resumable(self):
+        """Whether the periodic checkpoints keep the training state, and so can resume the run."""
+        return bool(self.train_save_every) and self.periodic_save_mode in ("all", "tunable")
 
     @property
     def group_by_length(self):

@@ -24,7 +24,7 @@ from typing import Optional
 from stilts import resources, run_folder
 from stilts.errors import StiltsError
 from stilts.io import check_writable_folder, read_json
-from stilts.settings import flag_names
+from stilts.settings import TrainSettings, flag_names
 from stilts.tasks import get_task, resolve_data_dir, run_splits
 
 # glue/train.py flags the study sets for each run; passing them through would break the layout.
@@ -35,6 +35,8 @@ OWNED_FLAGS = set().union(*map(flag_names, ("task_name", "data_dir", "output_dir
 STAGE_A_SAVE = ["--do_save", "--bert_save_mode", "model_all"]
 # With adapters it holds only what trained (adapters, LayerNorms, head); stage B adds the base weights.
 STAGE_A_SAVE_ADAPTERS = ["--do_save", "--bert_save_mode", "model_tunable"]
+# Its periodic checkpoints (--train_save_every) keep the training state, so that it resumes when pre-empted.
+STAGE_A_PERIODIC = {False: ["--train_save_mode", "all"], True: ["--train_save_mode", "tunable"]}  # by adapters
 ADAPTER_CONFIGS = {name: resources.data_path("configs", f"{name}-adapter.json")
                    for name in ("bert-base-uncased", "bert-large-uncased")}
 # What a study writes beside its tasks' folders (compared case-blind, for case-blind file systems); a
@@ -45,7 +47,7 @@ STUDY_NAMES = {"summary.json", "summary.md", "summary.png", "transfer_matrix.md"
 # with other values of these still counts when the study is repeated.
 EXECUTION_ONLY = {"output_dir", "bert_load_path", "force_overwrite", "not_verbose", "print_trainable_params",
                   "local_rank", "no_cuda", "eval_batch_size", "features_cache_dir", "no_features_cache",
-                  "do_test", "do_save", "bert_save_mode", "train_save_every", "do_val_history", "torch_compile",
+                  "do_test", "do_save", "bert_save_mode", "train_save_every", "train_save_mode", "do_val_history", "torch_compile",
                   "pad_to_multiple_of", "logging_steps", "report_to"}
 
 
@@ -253,16 +255,18 @@ class Study:
         stage_a = {}
         for name in self.intermediates:
             folder = os.path.join(self.output_dir, f"intermediate_{name}")
-            stage_a[name] = Run(f"stage A: {name}", folder,
-                                ["--task_name", self.tasks[name].spec, "--data_dir", self.data_dir(name),
-                                 "--output_dir", folder, "--seed", str(self.intermediate_seed), "--do_train",
-                                 "--do_val", "--bert_load_mode", "from_pretrained"]
-                                + merged_flags(common, self.intermediate_flags,
-                                               STAGE_A_SAVE_ADAPTERS if self.adapters else STAGE_A_SAVE),
-                                outputs=("all_state.p", "val_metrics.json"), task=name,
-                                metric=self.tasks[name].metric)
-        runs = []  # stage A saves the model alone (model_*), so only target runs can resume
-        resumable = bool(self.shared.train_save_every) and self.shared.bert_save_mode in ("all", "tunable")
+            argv = (["--task_name", self.tasks[name].spec, "--data_dir", self.data_dir(name),
+                     "--output_dir", folder, "--seed", str(self.intermediate_seed), "--do_train",
+                     "--do_val", "--bert_load_mode", "from_pretrained"]
+                    + merged_flags(common, self.intermediate_flags,
+                                   STAGE_A_SAVE_ADAPTERS if self.adapters else STAGE_A_SAVE))
+            resumable = TrainSettings.of(train_parser().parse_args(argv)).train_save_every is not None
+            if resumable:
+                argv = merged_flags(argv, STAGE_A_PERIODIC[self.adapters])
+            stage_a[name] = Run(f"stage A: {name}", folder, argv, outputs=("all_state.p", "val_metrics.json"),
+                                task=name, resumable=resumable, metric=self.tasks[name].metric)
+        runs = []
+        resumable = TrainSettings.of(self.shared).resumable
         for target in self.targets:
             task = self.tasks[target]
             test = not self.no_test and self.has_test(target)
@@ -293,8 +297,6 @@ class Study:
                             self.shared.do_lower_case)
 
     def precision(self):
-        from stilts.settings import TrainSettings
-
         return TrainSettings.of(self.shared).precision
 
     def pace(self, gpu, threads):

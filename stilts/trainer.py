@@ -378,7 +378,7 @@ class Trainer:
 
     def _save_periodic(self, epoch, batch, position):
         name = f"all_state___epoch{epoch:04d}___batch{batch:06d}.p"
-        self.save(os.path.join(self.output_dir, name), self.settings.bert_save_mode, position)
+        self.save(os.path.join(self.output_dir, name), self.settings.periodic_save_mode, position)
 
     # ----------------------------------------------------------------------------- evaluation
     def predict(self, features, desc="Evaluating"):

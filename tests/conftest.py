@@ -107,6 +107,10 @@ TRAIN_FLAGS = ["--do_lower_case", "--not-verbose", "--num_train_epochs", "1", "-
                "--train_batch_size", "4", "--eval_batch_size", "64", "--max_seq_length", "64", "--no_test"]
 
 
+# Runs long enough to stop in the middle: 48 steps (32 rows, 6 epochs), a periodic checkpoint every step.
+LONG_TRAINING = ["--train_examples_number", "32", "--num_train_epochs", "6", "--train_save_every", "1"]
+
+
 def study_argv(out, model, *extra, targets="rte,stsb", seeds="1,2"):
     """A stilts-run study of the fixtures' MNLI and the targets, from and without stage A, on `model`."""
     return ["--intermediate", "mnli", "--targets", targets, "--seeds", seeds, "--compare", "--bert_model", model,

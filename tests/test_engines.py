@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_study, study_argv, values
+from conftest import LONG_TRAINING, REPO, run_study, study_argv, values
 from stilts import attempt
 
 CLUSTER = os.path.join(REPO, "scripts", "cluster")
@@ -143,10 +143,6 @@ def training(out):
     return [run for run, log in logs(out).items() if not (log.parent / "val_metrics.json").exists()]
 
 
-# Target runs long enough to requeue in the middle: 48 steps, a periodic checkpoint every step.
-LONG = ["--train_examples_number", "32", "--num_train_epochs", "6", "--train_save_every", "1"]
-
-
 def slurm_job_of(folder):
     """The SLURM job (ARRAY_TASK form) whose training process writes into `folder`, or None."""
     for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
@@ -163,19 +159,35 @@ def slurm_job_of(folder):
     return None
 
 
-def test_a_requeued_run_continues_from_its_checkpoint_in_the_requeued_job(slurm, tmp_path, tiny_bert_dir):
-    """`scontrol requeue` of a target run's job after its first periodic checkpoint: SLURM's own signals
-    end the job, the requeued job resumes the run (no failed try used), and the scores are those of an
-    uninterrupted study."""
-    reference = tmp_path / "local"
-    assert run_study(reference, tiny_bert_dir, *LONG, targets="rte").returncode == 0
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory, tiny_bert_dir):
+    """An uninterrupted study of long runs (local launcher)."""
+    out = tmp_path_factory.mktemp("long") / "local"
+    assert run_study(out, tiny_bert_dir, *LONG_TRAINING, targets="rte").returncode == 0
+    return out
+
+
+# How a job is ended in the middle: `scontrol requeue` (SIGTERM, then SIGKILL after the grace period, as
+# on pre-emption), and the signal SLURM sends a job nearing its time limit (--slurm_time; submitit asks
+# for USR2 90 s before it): sent here at once, as submitit's own tests do, rather than waiting minutes.
+ENDINGS = {"requeue": lambda job: ["scontrol", "requeue", job],
+           "time limit": lambda job: ["scancel", "--signal", "USR2", job]}
+
+
+@pytest.mark.parametrize("victim,ending", [("rte/baseline/seed_1", "requeue"), ("intermediate_mnli", "time limit")])
+def test_a_requeued_run_continues_from_its_checkpoint_in_the_requeued_job(slurm, long_reference, tmp_path,
+                                                                         tiny_bert_dir, victim, ending):
+    """A run's job (a target run's, and stage A's) ended after the run's first periodic checkpoint, by
+    SLURM's own signals: the requeued job resumes the run (no failed try used), and the scores are
+    those of an uninterrupted study. Stage A's all_state.p still holds the model alone."""
     out = tmp_path / "out"
     env = dict(os.environ, STILTS_CACHE_DIR=str(out) + "-cache")
     study = subprocess.Popen([sys.executable, "-m", "stilts.cli.run",
-                              *study_argv(out, tiny_bert_dir, *LONG, "--launcher", "submitit", "--submitit_cluster",
-                                          "slurm", "--slurm_time", "20", "--max_retries", "0", targets="rte")],
+                              *study_argv(out, tiny_bert_dir, *LONG_TRAINING, "--launcher", "submitit",
+                                          "--submitit_cluster", "slurm", "--slurm_time", "20", "--max_retries", "0",
+                                          targets="rte")],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
-    victim, job = out / "rte" / "baseline" / "seed_1", None
+    victim, job = out / victim, None
     try:
         deadline = time.monotonic() + 300
         while job is None:  # its first periodic checkpoint, while it still trains
@@ -183,17 +195,23 @@ def test_a_requeued_run_continues_from_its_checkpoint_in_the_requeued_job(slurm,
             if glob.glob(str(victim / "all_state___epoch*___batch*.p")):
                 job = slurm_job_of(victim)
             time.sleep(0.05)
-        requeued = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-        assert requeued.returncode == 0, requeued.stderr
+        ended = subprocess.run(ENDINGS[ending](job), capture_output=True, text=True)
+        assert ended.returncode == 0, ended.stderr
         stdout, _ = study.communicate(timeout=600)
     finally:
         study.kill()
     assert study.returncode == 0, stdout[-3000:]
-    assert values(out) == pytest.approx(values(reference), abs=1e-4)
+    assert values(out) == pytest.approx(values(long_reference), abs=1e-4)
     log = (victim / attempt.LOG_NAME).read_text()
-    assert "# stilts-run: the job is being ended (SIGTERM" in log and "try 2" not in log, log
+    said = {"requeue": "# stilts-run: the job is being ended (SIGTERM",
+            "time limit": "# stilts-run: the job is being requeued (its time limit is near)"}[ending]
+    assert said in log and log.count("# stilts-run, try 1:") == 2 and "try 2" not in log, log
     resumed = [line for line in log.splitlines() if line.startswith("# stilts-run, try 1:")][-1]
     assert "--bert_load_mode state_all --bert_load_path" in resumed and "all_state___epoch" in resumed, log
+    if victim.name == "intermediate_mnli":
+        import torch
+
+        assert set(torch.load(victim / "all_state.p", weights_only=True)) == {"args", "model"}
     assert subprocess.run(["squeue", "-h", "-j", job.split("_")[0]], capture_output=True, text=True).stdout == ""
 
 
@@ -204,7 +222,7 @@ def test_a_killed_launcher_started_again_finishes_without_redoing_a_run(slurm, t
     both CPUs, so the new ones start only after them.)"""
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "stilts.cli.run",
-            *study_argv(out, tiny_bert_dir, *LONG, "--launcher", "submitit", "--submitit_cluster", "slurm",
+            *study_argv(out, tiny_bert_dir, *LONG_TRAINING, "--launcher", "submitit", "--submitit_cluster", "slurm",
                         "--slurm_time", "20", targets="rte")]
     env = dict(os.environ, STILTS_CACHE_DIR=str(out) + "-cache")
     first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_study, study_argv, values
+from conftest import LONG_TRAINING, REPO, run_study, study_argv, values
 from stilts import attempt
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,41 @@ def test_a_killed_launcher_finishes_when_started_again(tmp_path, tiny_bert_dir):
     assert {path: path.stat().st_mtime_ns for path in done_before} == done_before  # none done twice
     assert len(finished()) == 8
     assert f"{len(done_before) + 1} skipped as finished" in result.stdout  # stage A too
+
+
+@pytest.mark.slow
+def test_a_stage_a_stopped_midway_resumes_from_its_checkpoint(tmp_path, tiny_bert_dir):
+    """The launcher killed while stage A trains (its run dies with it), then the same command again:
+    stage A continues from its newest periodic checkpoint, which kept the training state, while the
+    all_state.p the targets read holds the model alone, as in every study; the scores are those of an
+    uninterrupted study."""
+    import torch
+
+    reference = tmp_path / "reference"
+    assert run_study(reference, tiny_bert_dir, *LONG_TRAINING, targets="rte", seeds="1").returncode == 0
+    out, stage_a = tmp_path / "out", tmp_path / "out" / "intermediate_mnli"
+    argv = [sys.executable, "-m", "stilts.cli.run", *study_argv(out, tiny_bert_dir, *LONG_TRAINING, targets="rte",
+                                                                  seeds="1")]
+    env = dict(os.environ, STILTS_CACHE_DIR=str(out) + "-cache")
+    launcher = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, env=env)
+    deadline = time.monotonic() + 300
+    while len(list(stage_a.glob("all_state___epoch*.p"))) < 3:  # a few steps in
+        assert launcher.poll() is None and time.monotonic() < deadline, "stage A never checkpointed"
+        time.sleep(0.02)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    time.sleep(1)  # its run dies with it (the parent-death signal)
+    assert not (stage_a / "val_metrics.json").exists()
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tries = [line for line in (stage_a / attempt.LOG_NAME).read_text().splitlines() if line.startswith("# stilts-run")]
+    assert "--bert_load_mode from_pretrained" in tries[0] and "--train_save_mode all" in tries[0]
+    assert "--bert_load_mode state_all --bert_load_path " + str(stage_a / "all_state___epoch") in tries[-1]
+    assert set(torch.load(stage_a / "all_state.p", weights_only=True)) == {"args", "model"}  # model_all
+    assert "optimizer" in torch.load(sorted(stage_a.glob("all_state___epoch*.p"))[-1], weights_only=True)
+    expected = json.loads((reference / "intermediate_mnli" / "val_metrics.json").read_text())
+    assert json.loads((stage_a / "val_metrics.json").read_text()) == expected  # exact resume: the same scores
+    assert values(out) == values(reference) and len(values(out)) == 2
 
 
 @pytest.mark.parametrize("argv,message", [
