@@ -49,6 +49,7 @@ setup(
             "stilts-run=stilts.cli.run:main",
             "stilts-download-glue=stilts.cli.download_glue:main",
             "stilts-rank=stilts.cli.rank:main",
+            "stilts-export=stilts.cli.export:main",
         ]
     },
 )

@@ -416,7 +416,11 @@ def run_study(study, stage_a, runs, executor, baselines, report=print, pace=lamb
     failed = [run for run in stage_a + runs if not outcomes[run.folder].ok]
     report(f"stilts-run: {count('finished')} run(s) done, {count('skipped')} skipped as finished, "
            f"{len(failed)} failed or not started, in {format_seconds(time.monotonic() - started)}")
-    study_summary.write_summary(study, study.arms(), [r for r in runs if outcomes[r.folder].ok], baselines,
-                                missing=[study_summary.relative(study, r.folder) for r in failed])
+    summary = study_summary.write_summary(study, study.arms(), [r for r in runs if outcomes[r.folder].ok], baselines,
+                                          missing=[study_summary.relative(study, r.folder) for r in failed])
+    if study.export:
+        from stilts import export  # torch and transformers
+
+        export.export_study(study.output_dir, summary, report)
     return [(run, outcomes[run.folder]) for run in failed]
 

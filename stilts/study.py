@@ -42,7 +42,7 @@ ADAPTER_CONFIGS = {name: resources.data_path("configs", f"{name}-adapter.json")
 # What a study writes beside its tasks' folders (compared case-blind, for case-blind file systems); a
 # task may not be named so, nor intermediate_<x>.
 STUDY_NAMES = {"summary.json", "summary.md", "summary.png", "transfer_matrix.md", "transfer_matrix.png",
-               "submission_input", "submitit", run_folder.LOCK_NAME}
+               "submission_input", "submitit", "export", run_folder.LOCK_NAME}
 # Settings that change how a run executes or what it keeps, not what it learns: a finished run made
 # with other values of these still counts when the study is repeated.
 EXECUTION_ONLY = {"output_dir", "bert_load_path", "force_overwrite", "not_verbose", "print_trainable_params",
@@ -186,6 +186,7 @@ class Study:
     glue_dir: Optional[str] = None
     no_test: bool = False
     adapters: bool = False
+    export: bool = False          # each target's best dev run as a transformers folder, OUT/export/<target>/
     tasks: dict = dataclasses.field(init=False)       # name -> Task
     shared: object = dataclasses.field(init=False)    # the parsed glue/train.py settings of every run
     adapter_base: Optional[str] = dataclasses.field(init=False, default=None)
@@ -225,6 +226,8 @@ class Study:
             config_flags, self.adapter_base = adapter_flags(self.bert_model, self.shared.bert_config_json_path)
             self.train_flags = self.train_flags + config_flags
             self.shared = train_parser().parse_args(self.train_flags + dummy)
+        if self.export:
+            check_exportable(self)
 
     def arms(self):
         """One STILTs arm per intermediate ("stilts" alone when there is one), and the baseline (compare)."""
@@ -274,7 +277,8 @@ class Study:
             if test:
                 outputs += [split.key + "_preds.csv" for split in
                             run_splits(task, self.data_dir(target), self.shared.mnli_mm_data_dir, test=True)]
-            if self.shared.do_save:
+            save = [] if self.shared.do_save or not self.export else ["--do_save"]  # what --export reads
+            if self.shared.do_save or self.export:
                 outputs.append("all_state.p")
             for seed in self.seeds:
                 for arm in self.arms():
@@ -286,7 +290,7 @@ class Study:
                               if after else ["--bert_load_mode", "from_pretrained"])
                     argv = (["--task_name", task.spec, "--data_dir", self.data_dir(target),
                              "--output_dir", folder, "--seed", str(seed), "--do_train", "--do_val"]
-                            + (["--do_test"] if test else []) + source + common)
+                            + (["--do_test"] if test else []) + source + common + save)
                     runs.append(Run(f"{target} {arm.key} seed {seed}", folder, argv, tuple(outputs), task=target,
                                     arm=arm.key, seed=seed, after=after, resumable=resumable, metric=task.metric))
         return list(stage_a.values()), runs
@@ -310,6 +314,20 @@ class Study:
         key = pace.key_of(self.bert_model, self.shared.max_seq_length, self.precision(),
                           torch.device("cuda" if gpu else "cpu"), threads)
         return pace.lookup(features_cache_dir(self.shared), key)
+
+
+def check_exportable(study):
+    """--export: refuse up front what stilts-export would refuse after the study (stilts/export.py)."""
+    if study.adapters:
+        raise StiltsError("--export with --adapters: an adapter model cannot be exported (its adapters do not "
+                          "merge into the weights, and transformers' classes have no place for them)")
+    choice = [name for name in study.targets if study.tasks[name].is_multiple_choice]
+    if choice:
+        from stilts.modeling import ModelSource  # torch and transformers: after parsing
+
+        if not ModelSource(study.bert_model, study.shared.bert_config_json_path).is_bert():
+            raise StiltsError(f"--export: {choice[0]} is a multiple-choice task, and only BERT's multiple-choice "
+                              f"models export (transformers' other multiple-choice classes have another head)")
 
 
 def merged_flags(*flag_lists):

@@ -115,14 +115,21 @@ def arm_entries(entry):
     return [(key, value) for key, value in entry.items() if isinstance(value, dict) and "runs" in value]
 
 
+def best_run(entry):
+    """(arm key, run) of a target's best dev run, any arm (the first of equal bests), or None."""
+    candidates = [(key, run) for key, arm in arm_entries(entry) for run in arm["runs"]]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda pair: -np.inf if np.isnan(pair[1]["value"]) else pair[1]["value"])
+
+
 def export_best(study, summary):
     """Copy the test predictions of each target's best dev run (any arm) into
     OUT/submission_input/<target>/, the layout the submission export reads."""
     for target, entry in summary["targets"].items():
-        candidates = [run for _, arm in arm_entries(entry) for run in arm["runs"]]
-        if not candidates:
+        if best_run(entry) is None:
             continue
-        best = max(candidates, key=lambda run: -np.inf if np.isnan(run["value"]) else run["value"])
+        best = best_run(entry)[1]
         source = os.path.join(study.output_dir, best["dir"])
         names = sorted(n for n in os.listdir(source) if n.endswith(("test_preds.csv", "test_predictions.csv"))
                        and os.path.isfile(os.path.join(source, n)))  # the task's and its companions'

@@ -211,6 +211,28 @@ def test_stilts_mnli_then_rte(arch, encoder_dirs, stage_a, tmp_path):
     np.testing.assert_allclose(read_preds(tmp_path / "c"), read_preds(tmp_path / "b"), atol=1e-6)
     with open(tmp_path / "b" / "val_metrics.json") as f, open(tmp_path / "c" / "val_metrics.json") as g:
         assert json.load(f)["metrics"] == json.load(g)["metrics"]
+    check_export(tmp_path / "b", tmp_path / "export", arch)
+
+
+def check_export(run_dir, out, arch):
+    """stilts-export of an RTE run: transformers' own class of the family, its tokenizer (which stilts
+    truncates with too), the run's dev logits and the label names."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from stilts.cli.export import main as export_main
+
+    export_main([str(run_dir), "--out", str(out)])
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert type(model).__name__.lower().startswith(arch.replace("-", ""))  # the family's own class
+    assert model.config.id2label == {0: "entailment", 1: "not_entailment"} and tokenizer.model_max_length == 64
+    examples = get_task("rte").read("dev", RTE_DIR)
+    batch = tokenizer([e.text_a for e in examples], [e.text_b for e in examples], truncation="longest_first",
+                      padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits.numpy()
+    np.testing.assert_allclose(logits, read_preds(run_dir), atol=1e-5, rtol=1e-4)
+    assert "through mnli" in (out / "README.md").read_text()
 
 
 def perturbed(model):

@@ -46,6 +46,9 @@ def build_parser():
                         "whole dev set, which for a large intermediate can cost more than its training; the "
                         "summary says it is a sample")
     p.add_argument("--no_test", action="store_true", help="do not predict the test sets (no submission input)")
+    p.add_argument("--export", action="store_true",
+                   help="write each target's best dev run as a transformers folder with a model card, "
+                        "OUT/export/<target>/ (as stilts-export does; the target runs then save all_state.p)")
     launch = p.add_argument_group("where the runs run (docs/pipeline.md#many-gpus-and-clusters)")
     add_flags(launch, launchers.LaunchSettings)
     p.add_argument("--adapters", action="store_true",
@@ -73,7 +76,8 @@ def parse_args(argv=None):
                   seeds=parse_seeds(flags.seeds, flags.restarts), bert_model=flags.bert_model,
                   output_dir=flags.output_dir, train_flags=passthrough, intermediate_flags=intermediate_flags,
                   intermediate_seed=flags.intermediate_seed, intermediate_dev_examples=flags.intermediate_dev_examples,
-                  compare=flags.compare, glue_dir=flags.glue_dir, no_test=flags.no_test, adapters=flags.adapters)
+                  compare=flags.compare, glue_dir=flags.glue_dir, no_test=flags.no_test, adapters=flags.adapters,
+                  export=flags.export)
     return study, launch
 
 
