@@ -17,8 +17,8 @@ import os
 import numpy as np
 import torch
 
-from stilts import ranking_metrics
-from stilts.checkpoints import load_weights
+from stilts import imported, ranking_metrics
+from stilts.checkpoints import load_into, load_weights
 from stilts.errors import StiltsError
 from stilts.features import collate, load_features
 from stilts.logme import logme
@@ -37,15 +37,15 @@ class Encoder:
 
     @classmethod
     def load(cls, bert_model, do_lower_case, task, checkpoint=None, flag="--bert_model"):
-        """--bert_model's pretrained encoder, or the encoder of a stage A checkpoint (its head dropped;
+        """--bert_model's pretrained encoder, or the encoder of an intermediate model (its head dropped;
         `task` only shapes the unused head), cased as glue/train.py would case it (`do_lower_case` None:
         as the model's tokenizer files say)."""
         source = ModelSource(bert_model, flag=flag)
         model = build_model(source.config(), task)
         if checkpoint is None:
             load_weights(model, "from_pretrained", pretrained_state=source.pretrained_encoder_state())
-        else:
-            load_weights(model, "state_model_only", checkpoint)
+        else:  # any intermediate model (stilts.imported): its encoder, the head dropped
+            load_into(model, imported.read_encoder(checkpoint, "--checkpoints"), checkpoint, keep_head=False)
         return cls(model.eval(), source.tokenizer(bool(source.casing(do_lower_case)[0])))
 
     @torch.inference_mode()

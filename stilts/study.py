@@ -21,7 +21,7 @@ import json
 import os
 from typing import Optional
 
-from stilts import resources, run_folder
+from stilts import imported, resources, run_folder
 from stilts.errors import StiltsError
 from stilts.io import check_writable_folder, read_json
 from stilts.settings import TrainSettings, flag_names
@@ -142,11 +142,15 @@ def study_tasks(intermediates, targets):
                               f"give them different names")
         tasks[task.name] = task
     for task in tasks.values():
-        if task.name.lower() in STUDY_NAMES or task.name.lower().startswith("intermediate_"):
-            raise StiltsError(f"{task.spec}: the task name {task.name!r} is taken by the study's own files and "
-                              f"folders ({', '.join(sorted(STUDY_NAMES))}, intermediate_<task>); give the task "
-                              f"another 'name'")
+        check_free_name(task.name, task.spec, "task name", "give the task another 'name'")
     return tasks
+
+
+def check_free_name(name, where, what="name", advice="give it another name"):
+    """A task or intermediate name must not be one of the study's own files and folders."""
+    if name.lower() in STUDY_NAMES or name.lower().startswith("intermediate_"):
+        raise StiltsError(f"{where}: the {what} {name!r} is taken by the study's own files and folders "
+                          f"({', '.join(sorted(STUDY_NAMES))}, intermediate_<task>); {advice}")
 
 
 def adapter_flags(bert_model, config_path):
@@ -188,6 +192,7 @@ class Study:
     adapters: bool = False
     export: bool = False          # each target's best dev run as a transformers folder, OUT/export/<target>/
     tasks: dict = dataclasses.field(init=False)       # name -> Task
+    given: dict = dataclasses.field(init=False)       # intermediate name -> its model, taken as it is (imported)
     shared: object = dataclasses.field(init=False)    # the parsed glue/train.py settings of every run
     adapter_base: Optional[str] = dataclasses.field(init=False, default=None)
 
@@ -196,8 +201,17 @@ class Study:
             raise StiltsError("--intermediates: give at least one task, e.g. --intermediates mnli,qnli")
         if not self.targets:
             raise StiltsError("--targets: give at least one task, e.g. --targets rte,mrpc")
-        self.tasks = study_tasks(self.intermediates, self.targets)
-        self.intermediates = list(dict.fromkeys(get_task(t).name for t in self.intermediates))
+        parsed = {spec: imported.parse(spec) for spec in self.intermediates}  # name=PATH: no stage A
+        self.given = dict(given for given in parsed.values() if given)
+        self.tasks = study_tasks([spec for spec, given in parsed.items() if not given], self.targets)
+        names = [given[0] if given else get_task(spec).name for spec, given in parsed.items()]
+        clash = next((name for name in self.given if names.count(name) > 1), None)
+        if clash:
+            raise StiltsError(f"--intermediates: two intermediates are named {clash}; give the one taken as it "
+                              f"is another name (NAME=PATH)")
+        for name in self.given:
+            check_free_name(name, f"--intermediate {name}=")
+        self.intermediates = list(dict.fromkeys(names))
         self.targets = list(dict.fromkeys(get_task(t).name for t in self.targets))
         if not 0 <= self.intermediate_seed < 2 ** 32:
             raise StiltsError(f"--intermediate_seed {self.intermediate_seed}: must be from 0 to 2**32 - 1")
@@ -256,8 +270,8 @@ class Study:
         one run (arms side by side per seed)."""
         common = ["--bert_model", self.bert_model] + self.train_flags
         stage_a = {}
-        for name in self.intermediates:
-            folder = os.path.join(self.output_dir, f"intermediate_{name}")
+        for name in (name for name in self.intermediates if name not in self.given):
+            folder = imported.folder(self, name)
             argv = (["--task_name", self.tasks[name].spec, "--data_dir", self.data_dir(name),
                      "--output_dir", folder, "--seed", str(self.intermediate_seed), "--do_train",
                      "--do_val", "--bert_load_mode", "from_pretrained"]
@@ -283,17 +297,22 @@ class Study:
             for seed in self.seeds:
                 for arm in self.arms():
                     folder = os.path.join(self.output_dir, target, arm.folder, f"seed_{seed}")
-                    after = stage_a.get(arm.intermediate)
+                    after = stage_a.get(arm.intermediate)  # None: the baseline, or an intermediate taken as it is
                     source = (["--bert_load_mode", "state_model_only", "--bert_load_path",
-                               os.path.join(after.folder, "all_state.p")]
+                               os.path.join(imported.folder(self, arm.intermediate), "all_state.p")]
                               + (["--bert_base_path", self.adapter_base] if self.adapters else [])
-                              if after else ["--bert_load_mode", "from_pretrained"])
+                              if arm.intermediate else ["--bert_load_mode", "from_pretrained"])
                     argv = (["--task_name", task.spec, "--data_dir", self.data_dir(target),
                              "--output_dir", folder, "--seed", str(seed), "--do_train", "--do_val"]
                             + (["--do_test"] if test else []) + source + common + save)
                     runs.append(Run(f"{target} {arm.key} seed {seed}", folder, argv, tuple(outputs), task=target,
                                     arm=arm.key, seed=seed, after=after, resumable=resumable, metric=task.metric))
         return list(stage_a.values()), runs
+
+    def import_intermediates(self, report=print):
+        """Write the checkpoint of each intermediate taken as it is (stilts.imported), before any run."""
+        for name, source in self.given.items():
+            imported.bring_in(self, name, source, self.tasks[self.targets[0]], report)
 
     def casing(self):
         """(lower-case?, why) of the study's runs, as glue/train.py decides it."""
@@ -461,7 +480,8 @@ def describe(study, stage_a, runs, examples, settings, at_once, estimate):
     scored), which the later estimates use."""
     from stilts.progress import format_seconds
 
-    lines = []
+    lines = [f"stilts-run: intermediate {name}: the encoder of {source}, taken as it is (no stage A)"
+             for name, source in study.given.items()]
     for kind, group in (("stage A", stage_a), ("target runs", runs)):
         parts = []
         for task in dict.fromkeys(run.task for run in group):
@@ -472,7 +492,8 @@ def describe(study, stage_a, runs, examples, settings, at_once, estimate):
             epochs = settings[mine[0].folder][0].num_train_epochs
             parts.append(f"{task} {round(trained / epochs)} rows x {epochs:g} epoch(s), {scored} rows scored"
                          + (f", {len(mine)} runs" if len(mine) > 1 else ""))
-        lines.append(f"stilts-run: {kind}: " + "; ".join(parts))
+        if parts:
+            lines.append(f"stilts-run: {kind}: " + "; ".join(parts))
     todo = [run for run in stage_a + runs if not run.finished()]
     lines.append(f"stilts-run: {len(todo)} of {len(stage_a) + len(runs)} runs to do, {at_once}")
     lower, why = study.casing()

@@ -66,10 +66,20 @@ def summarize(study, arms, runs, baselines):
                     entry[arm.key]["gain"] = paired_gain({r["seed"]: r["value"] for r in entry[arm.key]["runs"]},
                                                          baseline)
         summary["targets"][target] = entry
+    taken = {name: source for name in intermediates if (source := imported_from(study, name))}
+    if taken:  # intermediates taken as they are (--intermediate NAME=MODEL): where each came from
+        summary["intermediates_from"] = taken
     samples = {name: sample for name in intermediates if (sample := stage_a_dev_sample(study, name))}
     if samples:  # --intermediate_dev_examples: those dev scores are a sample's
         summary["intermediate_dev_sample"] = samples
     return summary
+
+
+def imported_from(study, intermediate):
+    """The model an intermediate was taken from as it is (its folder's args.json says), else None."""
+    path = os.path.join(study.output_dir, f"intermediate_{intermediate}", "args.json")
+    source = read_json(path, dict).get("imported_from") if os.path.isfile(path) else None
+    return source if isinstance(source, str) else None
 
 
 def stage_a_dev_sample(study, intermediate):
@@ -175,7 +185,10 @@ def markdown(study, summary):
         f"{t} {study.tasks[t].metric} {100 * e['majority_baseline']:.1f}" for t, e in summary["targets"].items()))
     for intermediate in summary_intermediates(summary):
         stage_a = os.path.join(study.output_dir, f"intermediate_{intermediate}")
-        if os.path.isfile(os.path.join(stage_a, "val_metrics.json")):
+        if intermediate in summary.get("intermediates_from", {}):
+            lines.append(f"Intermediate {intermediate}: the encoder of {summary['intermediates_from'][intermediate]}, "
+                         f"taken as it is (no stage A)")
+        elif os.path.isfile(os.path.join(stage_a, "val_metrics.json")):
             metrics = dev_metrics(stage_a)
             sample = summary.get("intermediate_dev_sample", {}).get(intermediate)
             where = "dev" if not sample else "dev, a sample of " + ", ".join(

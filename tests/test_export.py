@@ -145,6 +145,7 @@ def test_bad_sources_and_folders_are_one_line(runs, tmp_path, capsys):
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no half-built folder left
 
 
+@pytest.mark.slow  # two studies: see conftest.py
 def test_a_study_exports_the_best_dev_run_of_each_target(tiny_bert_dir, tmp_path):
     """stilts-run --export: OUT/export/<target>/ is the best dev run of the target (any arm), with a
     model card naming its restarts; a repeated study replaces it."""

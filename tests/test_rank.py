@@ -6,8 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
-from conftest import FIXTURES, refused_by
+from conftest import FIXTURES, VOCAB, refused_by
 from stilts import ranking_metrics
 from stilts.cli.rank import main as rank_main
 from stilts.cli.train import main as train_main
@@ -88,6 +89,21 @@ def test_logme_from_checkpoints(study, tiny_bert_dir, tmp_path):
          "--bert_model", tiny_bert_dir, "--glue_dir", FIXTURES, "--do_lower_case", "--json", tmp_path / "r.json")
     scores = json.loads((tmp_path / "r.json").read_text())["methods"]["logme"]["scores"]
     assert set(scores) == {"mnli", "qnli"} and scores["mnli"] != scores["qnli"]
+    # The same encoders as any intermediate model (stilts-run --intermediate NAME=MODEL): mnli's as a
+    # transformers folder, qnli's as a plain state dict.
+    from transformers import BertConfig, BertForSequenceClassification
+
+    stage_a = {name: torch.load(out / f"intermediate_{name}" / "all_state.p", weights_only=True)["model"]
+               for name in ("mnli", "qnli")}
+    model = BertForSequenceClassification(BertConfig.from_pretrained(tiny_bert_dir, num_labels=3))
+    model.load_state_dict(stage_a["mnli"], strict=False)
+    model.save_pretrained(tmp_path / "mnli-model")
+    shutil.copy(VOCAB, tmp_path / "mnli-model" / "vocab.txt")
+    torch.save(stage_a["qnli"], tmp_path / "qnli.p")
+    rank("--target", "stsb", "--candidates", "mnli,qnli", "--method", "logme", "--checkpoints",
+         f"mnli={tmp_path / 'mnli-model'},qnli={tmp_path / 'qnli.p'}", "--bert_model", tiny_bert_dir, "--glue_dir",
+         FIXTURES, "--do_lower_case", "--json", tmp_path / "r2.json")
+    assert json.loads((tmp_path / "r2.json").read_text())["methods"]["logme"]["scores"] == pytest.approx(scores)
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -12,6 +12,7 @@ the top candidates.
 import os
 import time
 
+from stilts import imported
 from stilts.cli import report_errors
 from stilts.errors import StiltsError
 from stilts.flags import ArgumentParser
@@ -47,7 +48,8 @@ def build_parser():
                    help="a stilts-run folder: stage A checkpoints for LogME (intermediate_<task>/all_state.p), "
                         "its --bert_model, and the measured gains to evaluate the rankings against")
     p.add_argument("--checkpoints", default=None,
-                   help="stage A checkpoints for LogME without a study: mnli=PATH,qnli=PATH,...")
+                   help="stage A checkpoints for LogME without a study: mnli=PATH,qnli=PATH,... (an all_state.p, "
+                        "a state dict file, a model folder or a hub id, as stilts-run --intermediate NAME=MODEL)")
     p.add_argument("--bert_model", default=None,
                    help="the study's encoder, for TextEmb and LogME (default: the one the --study used)")
     p.add_argument("--embedding_model", default=None,
@@ -136,7 +138,7 @@ def stage_a_checkpoints(args):
         for task in args.candidates:
             if task.name not in paths:
                 raise StiltsError(f"--checkpoints: no checkpoint for candidate {task.name}")
-            if not os.path.isfile(paths[task.name]):
+            if not os.path.exists(paths[task.name]) and imported.names_a_file(paths[task.name]):
                 raise StiltsError(f"{paths[task.name]}: stage A checkpoint of {task.name} not found (LogME)")
         return paths, {}
     if not args.study:

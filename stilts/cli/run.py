@@ -24,9 +24,12 @@ def build_parser():
         prog="stilts-run", allow_abbrev=False,
         description="STILTs study: intermediate task once, then each target with restarts "
                     "(and without STILTs with --compare). Other flags go to every glue/train.py run.")
-    p.add_argument("--intermediate", help="intermediate task, e.g. mnli, or a task file (*.json)")
-    p.add_argument("--intermediates", help="several intermediate tasks, e.g. mnli,qnli,qqp,sst: each trains once, "
-                                           "every target from each (the transfer matrix); instead of --intermediate")
+    p.add_argument("--intermediate", help="intermediate task, e.g. mnli, or a task file (*.json); or NAME=MODEL, "
+                                          "an intermediate model you have (an all_state.p, a state dict such as "
+                                          "the seed's mnli.p, a model folder or a hub id): no stage A for it")
+    p.add_argument("--intermediates", help="several intermediate tasks, e.g. mnli,qnli,qqp,sst (or NAME=MODEL): "
+                                           "each trains once, every target from each (the transfer matrix); "
+                                           "instead of --intermediate")
     p.add_argument("--targets", required=True,
                    help="comma-separated target tasks, e.g. rte,mrpc,stsb or rte,path/to/my_task.json")
     p.add_argument("--restarts", type=int, default=None, help="runs per target and variant (seeds 1..N)")
@@ -103,6 +106,7 @@ def main(argv=None):
 
     report("\n".join(describe(study, stage_a, runs, examples, settings, at_once, estimate)))
     with run_folder.locked(study.output_dir):  # one stilts-run per study folder at a time
+        study.import_intermediates(report)  # NAME=MODEL intermediates: checked, written once
         failed = launchers.run_study(study, stage_a, runs, launch.executor(study.output_dir), baselines, report,
                                      pace=lambda: pace()[0])
     if failed:
