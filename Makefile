@@ -56,11 +56,11 @@ test-slow: setup model
 
 # The real engines: a one-node SLURM and a two-node Ray on 127.0.0.1 (scripts/cluster/), up for the
 # marked tests and down after, whatever the tests did. Where a cluster cannot start here, its tests
-# are skipped with one line saying why.
+# are skipped with one line saying why. Each test's time is printed (--durations=0).
 test-cluster: setup model
 	STILTS_RAY_PYTHON=$(CURDIR)/$(PY) bash scripts/cluster/slurm.sh up || true
 	STILTS_RAY_PYTHON=$(CURDIR)/$(PY) bash scripts/cluster/ray.sh up || true
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs -m cluster tests; status=$$?; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs --durations=0 -m cluster tests; status=$$?; \
 	  bash scripts/cluster/ray.sh down; bash scripts/cluster/slurm.sh down; exit $$status
 
 demo: setup model

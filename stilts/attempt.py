@@ -22,7 +22,7 @@ from stilts import run_folder
 
 LOG_NAME = run_folder.LOG_NAME
 TRAIN_MODULE = ["-m", "stilts.cli.train"]
-PERIODIC = re.compile(r"all_state___epoch(\d+)___batch(\d+)\.p$")
+PERIODIC = re.compile(r"all_state___epoch(\d+)___batch(\d+)\.(p|safetensors)$")
 
 
 @dataclasses.dataclass
@@ -54,9 +54,9 @@ def log_path(run):
 
 
 def newest_checkpoint(folder):
-    """The latest all_state___epochE___batchB.p a run left, or None."""
-    found = [(tuple(map(int, PERIODIC.search(p).groups())), p)
-             for p in glob.glob(os.path.join(glob.escape(folder), "all_state___epoch*___batch*.p")) if PERIODIC.search(p)]
+    """The latest all_state___epochE___batchB.p (or .safetensors) a run left, or None."""
+    names = glob.glob(os.path.join(glob.escape(folder), "all_state___epoch*___batch*.*"))
+    found = [(tuple(map(int, PERIODIC.search(p).groups()[:2])), p) for p in names if PERIODIC.search(p)]
     return max(found)[1] if found else None
 
 

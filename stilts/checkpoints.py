@@ -25,6 +25,7 @@ before any of it is used: a malformed file is one line naming the file and what 
 """
 
 import dataclasses
+import json
 import logging
 import os
 import pickle
@@ -70,13 +71,17 @@ def load_checkpoint(path):
 
 
 def read_weights(path):
-    """A state dict from a .safetensors or torch file, never running pickled code."""
+    """A state dict from a .safetensors or torch file, never running pickled code; a stilts checkpoint
+    in safetensors (--checkpoint_format safetensors) comes back as the checkpoint dict it was."""
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from safetensors import safe_open
         try:
-            return load_file(path)
+            with safe_open(path, "pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
         except Exception as e:
             raise StiltsError(f"{path}: not a readable safetensors file ({e})") from None
+        return _from_safetensors(tensors, metadata[SKELETON], path) if SKELETON in metadata else tensors
     return load_checkpoint(path)
 
 
@@ -129,7 +134,16 @@ def check_state_dict(state, path, entry=None):
 
 
 def save_checkpoint(path, checkpoint):
-    """Write a checkpoint (the dict make_checkpoint makes) atomically: a kill leaves the old file."""
+    """Write a checkpoint (the dict make_checkpoint makes) atomically: a kill leaves the old file. A
+    .safetensors path gets the safetensors form (no pickle), any other torch.save's."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save
+
+        tensors, skeleton = _to_safetensors(checkpoint)
+        data = save(tensors, {SKELETON: skeleton})
+        with stilts.io.atomic_write(path, "wb") as f:
+            f.write(data)
+        return
     with stilts.io.atomic_write(path, "wb") as f:
         recorder = _WriteRecorder(f)
         try:
@@ -373,7 +387,8 @@ def restore_training(checkpoint, parts, run_args, seed, total_steps, ctx):
                                f"run ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     state = checkpoint["train_state"]
     if state["global_step"] > total_steps:
-        raise CannotResume(f"the checkpoint is at step {state['global_step']} but this run has only {total_steps} steps")
+        raise CannotResume(f"the checkpoint is at step {state['global_step']} but this run has only {total_steps} "
+                           f"steps")
     if state.get("seed") is not None and state["seed"] != seed:
         logger.warning("resuming with seed %s; the checkpoint's run used %s: the data order changes",
                        seed, state["seed"])
@@ -387,3 +402,54 @@ def restore_training(checkpoint, parts, run_args, seed, total_steps, ctx):
         torch.cuda.set_rng_state(rng["cuda_rng"], ctx.device)
     position = Position(**{field.name: state[field.name] for field in dataclasses.fields(Position)})
     return position, dict(state.get("val_history", {}))
+
+
+# ----------------------------------------------------------------------------- without pickle
+# --checkpoint_format safetensors: the same checkpoint dict in one .safetensors file. Its tensors are
+# stored as safetensors stores them; everything else (the run's flags, the optimizer's param_groups,
+# the schedule, the position) as JSON in the file's metadata, where each tensor's place holds its
+# key. Reading it runs no code, as torch's weights_only loading does not promise for every file.
+SKELETON = "stilts_checkpoint"  # the metadata key that makes a .safetensors file a stilts checkpoint
+
+
+def _to_safetensors(checkpoint):
+    """(tensors by key, the JSON skeleton) of a checkpoint dict."""
+    tensors, seen = {}, set()
+
+    def walk(value, key):
+        if torch.is_tensor(value):
+            value = value.detach().cpu().contiguous()
+            if value.data_ptr() in seen and value.numel():  # safetensors refuses shared memory: a copy
+                value = value.clone()
+            seen.add(value.data_ptr())
+            tensors[key] = value
+            return {"tensor": key}
+        if isinstance(value, dict):  # keys keep their type: the optimizer's state is keyed by ints
+            return {"dict": [[k, walk(v, f"{key}.{k}")] for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            return {"list": [walk(v, f"{key}.{i}") for i, v in enumerate(value)]}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return {"value": value}
+        raise TypeError(f"a checkpoint holds a {type(value).__name__} at {key}")
+
+    skeleton = walk(checkpoint, "checkpoint")
+    return tensors, json.dumps(skeleton)
+
+
+def _from_safetensors(tensors, skeleton, path):
+    """The checkpoint dict again; a skeleton that does not fit its tensors is a damaged file."""
+    def build(node):
+        kind, = node.keys()
+        if kind == "tensor":
+            return tensors[node["tensor"]]
+        if kind == "dict":
+            return {k: build(v) for k, v in node["dict"]}
+        if kind == "list":
+            return [build(v) for v in node["list"]]
+        return node["value"]
+
+    try:
+        return build(json.loads(skeleton))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise StiltsError(f"{path}: a damaged stilts checkpoint (its metadata does not fit its tensors: "
+                          f"{type(e).__name__})") from None

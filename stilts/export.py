@@ -27,7 +27,7 @@ from stilts.modeling import BertForGlue, ModelSource, build_model, read_base, us
 from stilts.settings import GROUPS, base_path_from_args
 from stilts.tasks import get_task
 
-CHECKPOINT = "all_state.p"
+CHECKPOINTS = ("all_state.p", "all_state.safetensors")  # --checkpoint_format p / safetensors
 ENCODER_LOAD_MODES = ("model_only", "state_model_only")  # stage B from another run's encoder
 
 
@@ -104,16 +104,18 @@ def export_study(output_dir, summary, report=print):
         out = os.path.join(output_dir, "export", target)
         export(os.path.join(output_dir, run["dir"]), out, [Restart(r["seed"], r["value"]) for r in entry[arm]["runs"]],
                entry[arm]["metric"], replace=True)
-        report(f"stilts-run: exported {target} ({arm} seed {run['seed']}, the best dev {entry[arm]['metric']}) to {out}")
+        report(f"stilts-run: exported {target} ({arm} seed {run['seed']}, the best dev {entry[arm]['metric']}) "
+               f"to {out}")
 
 
 def locate(source):
     """(the checkpoint file, the run folder holding its records or None) for a run folder or a file."""
     if os.path.isdir(source):
-        path = os.path.join(source, CHECKPOINT)
-        if not os.path.isfile(path):
-            raise StiltsError(f"{source}: no {CHECKPOINT} in this run folder (a run saves it with --do_save)")
-        return path, source
+        found = [os.path.join(source, name) for name in CHECKPOINTS if os.path.isfile(os.path.join(source, name))]
+        if not found:
+            raise StiltsError(f"{source}: no {' or '.join(CHECKPOINTS)} in this run folder (a run saves it with "
+                              f"--do_save)")
+        return found[0], source
     if not os.path.isfile(source):
         raise StiltsError(f"{source}: no such run folder or checkpoint file")
     folder = os.path.dirname(os.path.abspath(source))
@@ -142,7 +144,7 @@ def run_record(checkpoint, path):
     """The flags of the run that wrote the checkpoint (its 'args' entry): which model and task it is."""
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise StiltsError(f"{path}: a plain state dict, without the record of the run that made it; stilts-export "
-                          f"reads a stilts run's {CHECKPOINT} (its task and model are in its 'args' entry)")
+                          f"reads a stilts run's checkpoint (its task and model are in its 'args' entry)")
     args = checkpoint.get("args")
     missing = [key for key in ("task_name", "bert_model") if not isinstance((args or {}).get(key), str)]
     if not isinstance(args, dict) or missing:

@@ -21,7 +21,7 @@ from stilts.errors import StiltsError
 from stilts.features import load_features
 from stilts.io import write_csv, write_json, write_logits_csv
 from stilts.modeling import ModelSource, build_model, print_trainable_params, read_base, warn_if_fp16_overflows
-from stilts.settings import TrainSettings, base_path_from_args, features_cache_dir
+from stilts.settings import TrainSettings, base_path_from_args, checkpoint_name, features_cache_dir
 from stilts.trainer import Trainer
 
 
@@ -129,7 +129,7 @@ def write_outputs(args, ctx, trainer, splits, split_files, samples):
             write_json(out("val_metrics_history.json"), history)
 
     if args.do_save:
-        trainer.save(out("all_state.p"), args.bert_save_mode)
+        trainer.save(out(checkpoint_name("all_state", args.checkpoint_format)), args.bert_save_mode)
 
     if args.do_val:  # the task's dev split, then its companions' (MNLI: mm_dev), each with its own outputs
         metrics, companion_scores = {}, {}

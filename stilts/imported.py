@@ -60,8 +60,8 @@ def folder(study, name):
     return os.path.join(study.output_dir, f"intermediate_{name}")
 
 
-def bring_in(study, name, source, task, report=print):
-    """Write OUT/intermediate_<name>/all_state.p from `source`'s encoder, once: refused in one line,
+def bring_in(study, name, source, task, checkpoint_path, report=print):
+    """Write `checkpoint_path` (OUT/intermediate_<name>/all_state.p) from `source`'s encoder, once: refused in one line,
     before anything is written, when it does not fit --bert_model (`task`: any of the study's targets,
     whose head the checkpoint carries and stage B drops). A study repeated with another source for the
     same name is refused: its finished runs started from the first."""
@@ -69,7 +69,7 @@ def bring_in(study, name, source, task, report=print):
     from stilts.modeling import ModelSource, build_model
 
     where = folder(study, name)
-    args_path, checkpoint_path = os.path.join(where, "args.json"), os.path.join(where, "all_state.p")
+    args_path = os.path.join(where, "args.json")
     if os.path.isfile(args_path) and os.path.isfile(checkpoint_path):
         earlier = read_json(args_path, dict).get("imported_from")
         if earlier == source:

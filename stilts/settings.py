@@ -100,6 +100,9 @@ class TrainSettings:
         "with all or tunable they resume, whatever the final all_state.p keeps", None)
     logging_steps: int = setting("bring the running loss to the host every N optimizer steps (progress bar, "
                                  "non-finite check); between them the host never waits for the device", 50)
+    checkpoint_format: Literal["p", "safetensors"] = setting(
+        "p: the seed's pickle files (all_state.p); safetensors: every checkpoint without pickle "
+        "(all_state.safetensors, the training state beside the weights; every load mode reads both)", "p")
     bert_save_mode: Literal[SAVE_MODES] = setting(
         "what all_state.p keeps: all / tunable: model (all or trainable parameters) + optimizer and training "
         "position; model_all / model_tunable: the model alone", "all")
@@ -175,6 +178,12 @@ def features_cache_dir(args):
         return None
     return (args.features_cache_dir or os.environ.get("STILTS_CACHE_DIR")
             or os.path.join(os.path.expanduser("~"), ".cache", "stilts"))
+
+
+def checkpoint_name(stem, checkpoint_format):
+    """A checkpoint's file name in the format of --checkpoint_format: all_state.p (the seed's pickle) or
+    all_state.safetensors, and so for every checkpoint of a run."""
+    return stem + (".safetensors" if checkpoint_format == "safetensors" else ".p")
 
 
 def flag_names(name):

@@ -24,7 +24,7 @@ from typing import Optional
 from stilts import imported, resources, run_folder
 from stilts.errors import StiltsError
 from stilts.io import check_writable_folder, read_json
-from stilts.settings import TrainSettings, flag_names
+from stilts.settings import TrainSettings, checkpoint_name, flag_names
 from stilts.tasks import get_task, resolve_data_dir, run_splits
 
 # glue/train.py flags the study sets for each run; passing them through would break the layout.
@@ -270,6 +270,7 @@ class Study:
         one run (arms side by side per seed)."""
         common = ["--bert_model", self.bert_model] + self.train_flags
         stage_a = {}
+        checkpoints = {name: self.imported_checkpoint(name) for name in self.given}  # what the targets load
         for name in (name for name in self.intermediates if name not in self.given):
             folder = imported.folder(self, name)
             argv = (["--task_name", self.tasks[name].spec, "--data_dir", self.data_dir(name),
@@ -277,11 +278,14 @@ class Study:
                      "--do_val", "--bert_load_mode", "from_pretrained"]
                     + merged_flags(common, self.intermediate_flags,
                                    STAGE_A_SAVE_ADAPTERS if self.adapters else STAGE_A_SAVE))
-            resumable = TrainSettings.of(train_parser().parse_args(argv)).train_save_every is not None
+            settings = TrainSettings.of(train_parser().parse_args(argv))
+            resumable = settings.train_save_every is not None
             if resumable:
                 argv = merged_flags(argv, STAGE_A_PERIODIC[self.adapters])
-            stage_a[name] = Run(f"stage A: {name}", folder, argv, outputs=("all_state.p", "val_metrics.json"),
-                                task=name, resumable=resumable, metric=self.tasks[name].metric)
+            checkpoints[name] = os.path.join(folder, checkpoint_name("all_state", settings.checkpoint_format))
+            stage_a[name] = Run(f"stage A: {name}", folder, argv,
+                                outputs=(os.path.basename(checkpoints[name]), "val_metrics.json"), task=name,
+                                resumable=resumable, metric=self.tasks[name].metric)
         runs = []
         resumable = TrainSettings.of(self.shared).resumable
         for target in self.targets:
@@ -293,13 +297,13 @@ class Study:
                             run_splits(task, self.data_dir(target), self.shared.mnli_mm_data_dir, test=True)]
             save = [] if self.shared.do_save or not self.export else ["--do_save"]  # what --export reads
             if self.shared.do_save or self.export:
-                outputs.append("all_state.p")
+                outputs.append(checkpoint_name("all_state", self.shared.checkpoint_format))
             for seed in self.seeds:
                 for arm in self.arms():
                     folder = os.path.join(self.output_dir, target, arm.folder, f"seed_{seed}")
                     after = stage_a.get(arm.intermediate)  # None: the baseline, or an intermediate taken as it is
                     source = (["--bert_load_mode", "state_model_only", "--bert_load_path",
-                               os.path.join(imported.folder(self, arm.intermediate), "all_state.p")]
+                               checkpoints[arm.intermediate]]
                               + (["--bert_base_path", self.adapter_base] if self.adapters else [])
                               if arm.intermediate else ["--bert_load_mode", "from_pretrained"])
                     argv = (["--task_name", task.spec, "--data_dir", self.data_dir(target),
@@ -309,10 +313,14 @@ class Study:
                                     arm=arm.key, seed=seed, after=after, resumable=resumable, metric=task.metric))
         return list(stage_a.values()), runs
 
+    def imported_checkpoint(self, name):
+        """Where an intermediate taken as it is lies once imported, in the study's checkpoint format."""
+        return os.path.join(imported.folder(self, name), checkpoint_name("all_state", self.shared.checkpoint_format))
+
     def import_intermediates(self, report=print):
         """Write the checkpoint of each intermediate taken as it is (stilts.imported), before any run."""
         for name, source in self.given.items():
-            imported.bring_in(self, name, source, self.tasks[self.targets[0]], report)
+            imported.bring_in(self, name, source, self.tasks[self.targets[0]], self.imported_checkpoint(name), report)
 
     def casing(self):
         """(lower-case?, why) of the study's runs, as glue/train.py decides it."""

@@ -30,6 +30,7 @@ from stilts.errors import NonFiniteTraining
 from stilts.features import DeviceFeatures
 from stilts.metrics import compute_metrics
 from stilts.modeling import loss_fn, unwrap
+from stilts.settings import checkpoint_name
 
 logger = logging.getLogger(__name__)
 
@@ -371,13 +372,13 @@ class Trainer:
         step, what, value = first_bad
         epoch, batch = divmod(step - 1, self.steps_per_epoch)
         where = f"step {step} (epoch {epoch}, batch {batch})"
-        path = os.path.join(self.output_dir, "all_state___last_good.p")
+        path = os.path.join(self.output_dir, checkpoint_name("all_state___last_good", self.settings.checkpoint_format))
         self.optimizer.zero_grad(set_to_none=True)
         self.save(path, "all", position)
         raise NonFiniteTraining(what, value, where, position.global_step, path)
 
     def _save_periodic(self, epoch, batch, position):
-        name = f"all_state___epoch{epoch:04d}___batch{batch:06d}.p"
+        name = checkpoint_name(f"all_state___epoch{epoch:04d}___batch{batch:06d}", self.settings.checkpoint_format)
         self.save(os.path.join(self.output_dir, name), self.settings.periodic_save_mode, position)
 
     # ----------------------------------------------------------------------------- evaluation

@@ -102,6 +102,15 @@ def run_train(*args, check=True, env=None):
     return result
 
 
+# An RTE run with periodic checkpoints: 40 examples in batches of 8 are 5 steps an epoch; 2 epochs,
+# a checkpoint every 3 steps (tests/test_resume.py, tests/test_checkpoint_formats.py).
+RESUMABLE_RTE = ["--task_name", "rte", "--data_dir", os.path.join(FIXTURES, "RTE"), "--do_train", "--do_save",
+                 "--do_val_history", "--do_lower_case", "--not-verbose", "--no_cuda", "--train_batch_size", "8",
+                 "--num_train_epochs", "2", "--learning_rate", "1e-3", "--max_seq_length", "64",
+                 "--train_save_every", "3"]
+MID_EPOCH = "all_state___epoch0000___batch000002.p"   # after step 3
+
+
 # A small stilts-run study, run as a user runs it (the launcher tests and the engine tests).
 TRAIN_FLAGS = ["--do_lower_case", "--not-verbose", "--num_train_epochs", "1", "--train_examples_number", "8",
                "--train_batch_size", "4", "--eval_batch_size", "64", "--max_seq_length", "64", "--no_test"]

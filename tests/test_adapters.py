@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig
 
-from conftest import FIXTURES, REPO, refused, run_train
+from conftest import FIXTURES, REPO, refused, refused_by, run_train
 from stilts.cli import run as stilts_run
 from stilts.adapters import Adapter
 from stilts.checkpoints import load_checkpoint, load_weights
@@ -309,3 +309,12 @@ def test_minilm_adapters_learn_sst2(minilm_dir, tmp_path):
               "--eval_batch_size", "100", "--seed", "1", "--not-verbose", "--output_dir", tmp_path / "sst")
     acc = json.load(open(tmp_path / "sst" / "val_metrics.json"))["metrics"]["acc"]
     assert acc > baseline + 0.1, f"dev accuracy {acc:.3f} vs majority baseline {baseline:.3f}"
+
+
+def test_an_adapter_model_cannot_be_exported(mnli_runs, tmp_path, capsys):
+    """stilts-export says in one line why: adapters do not merge into the weights."""
+    from stilts.cli.export import main as export_main
+
+    err = refused_by(capsys, export_main, [mnli_runs["model_all"][0], "--out", tmp_path / "export"])
+    assert "an adapter model cannot be exported: its adapters are not linear" in err
+    assert not (tmp_path / "export").exists()

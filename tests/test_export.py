@@ -134,7 +134,8 @@ def test_bad_sources_and_folders_are_one_line(runs, tmp_path, capsys):
     assert os.listdir(taken) == ["notes.txt"]
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    assert "no all_state.p in this run folder" in refused_by(capsys, export_main, [empty, "--out", tmp_path / "a"])
+    err = refused_by(capsys, export_main, [empty, "--out", tmp_path / "a"])
+    assert "no all_state.p or all_state.safetensors in this run folder" in err
     plain = tmp_path / "plain.bin"
     torch.save({"bert.embeddings.word_embeddings.weight": torch.zeros(2, 2)}, plain)
     assert "a plain state dict, without the record" in refused_by(capsys, export_main, [plain, "--out", tmp_path / "b"])

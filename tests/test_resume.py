@@ -11,13 +11,9 @@ import os
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import MID_EPOCH, RESUMABLE_RTE as ARGS
 from stilts.cli.train import main
 
-ARGS = ["--task_name", "rte", "--data_dir", os.path.join(FIXTURES, "RTE"), "--do_train", "--do_save",
-        "--do_val_history", "--do_lower_case", "--not-verbose", "--no_cuda", "--train_batch_size", "8",
-        "--num_train_epochs", "2", "--learning_rate", "1e-3", "--max_seq_length", "64", "--train_save_every", "3"]
-MID_EPOCH = "all_state___epoch0000___batch000002.p"   # after step 3
 EPOCH_END = "all_state___epoch0000___batch000004.p"   # after step 5, before epoch 0's dev evaluation
 
 

@@ -145,11 +145,13 @@ def stage_a_checkpoints(args):
         raise StiltsError("--method logme needs stage A checkpoints: --study DIR or --checkpoints TASK=PATH,...")
     paths, unscored = {}, {}
     for task in args.candidates:
-        path = os.path.join(args.study, f"intermediate_{task.name}", "all_state.p")
-        if os.path.isfile(path):
-            paths[task.name] = path
+        folder = os.path.join(args.study, f"intermediate_{task.name}")
+        found = [os.path.join(folder, name) for name in ("all_state.p", "all_state.safetensors")
+                 if os.path.isfile(os.path.join(folder, name))]  # --checkpoint_format p / safetensors
+        if found:
+            paths[task.name] = found[0]
         else:
-            unscored[task.name] = f"no stage A checkpoint {path}"
+            unscored[task.name] = f"no stage A checkpoint {os.path.join(folder, 'all_state.p')}"
     if not paths:
         raise StiltsError(f"--study {args.study}: no candidate has a stage A checkpoint there "
                           f"(intermediate_<task>/all_state.p), which LogME reads")
