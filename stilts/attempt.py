@@ -104,9 +104,9 @@ def attempt(run, attempts, env=None, stop=None):
             log.flush()
             try:
                 code = _run(command, log, env, stop)
-            except SystemExit:  # submitit ends the job to requeue it: its time limit is near (USR2)
+            except SystemExit:  # submitit ends the job to requeue it (USR2: its time limit is near, or pre-empted)
                 log.write(f"{_line_break(log_path(run))}# stilts-run: the job is being requeued (its time limit "
-                          f"is near); the requeued job continues this run\n")
+                          f"is near, or it is pre-empted); the requeued job continues this run\n")
                 raise
         if code == 0 and run.finished():
             return Outcome("finished", time.monotonic() - started, number)

@@ -414,14 +414,17 @@ SKELETON = "stilts_checkpoint"  # the metadata key that makes a .safetensors fil
 
 def _to_safetensors(checkpoint):
     """(tensors by key, the JSON skeleton) of a checkpoint dict."""
-    tensors, seen = {}, set()
+    tensors, storages = {}, set()
 
     def walk(value, key):
         if torch.is_tensor(value):
             value = value.detach().cpu().contiguous()
-            if value.data_ptr() in seen and value.numel():  # safetensors refuses shared memory: a copy
+            storage = value.untyped_storage().data_ptr()
+            if storage in storages and value.numel():  # safetensors refuses tensors that share memory: a copy
                 value = value.clone()
-            seen.add(value.data_ptr())
+            storages.add(value.untyped_storage().data_ptr())
+            if key in tensors:  # two places of the same dotted name (a dict key with a dot in it)
+                key = f"{key}#{len(tensors)}"
             tensors[key] = value
             return {"tensor": key}
         if isinstance(value, dict):  # keys keep their type: the optimizer's state is keyed by ints

@@ -20,14 +20,13 @@ import shlex
 import shutil
 import tempfile
 
-from stilts.checkpoints import load_checkpoint, load_weights
+from stilts.checkpoints import load_weights, read_weights
 from stilts.errors import StiltsError
-from stilts.io import atomic_write, check_writable_folder, read_json
-from stilts.modeling import BertForGlue, ModelSource, build_model, read_base, uses_token_types
-from stilts.settings import GROUPS, base_path_from_args
+from stilts.io import UMASK, atomic_write, cannot_write, check_writable_folder, read_json
+from stilts.modeling import BertForGlue, ModelSource, base_weights, build_model, uses_token_types
+from stilts.settings import GROUPS, base_path_from_args, saved_checkpoint
 from stilts.tasks import get_task
 
-CHECKPOINTS = ("all_state.p", "all_state.safetensors")  # --checkpoint_format p / safetensors
 ENCODER_LOAD_MODES = ("model_only", "state_model_only")  # stage B from another run's encoder
 
 
@@ -47,7 +46,7 @@ def export(source, out, restarts=(), metric=None, replace=False):
     checkpoint_path, run_dir = locate(source)
     if not replace:
         check_new_folder(out)
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = read_weights(checkpoint_path)  # .p or .safetensors (--checkpoint_format)
     args = run_record(checkpoint, checkpoint_path)
     metrics = dev_metrics(run_dir)
     model_source = ModelSource(args["bert_model"], args.get("bert_config_json_path"), args.get("bert_vocab_path"))
@@ -58,8 +57,7 @@ def export(source, out, restarts=(), metric=None, replace=False):
     task = get_task(args["task_name"], data_dir=args.get("data_dir"))
     labels = tuple(args["task_labels"]) if args.get("task_labels") else task.labels
     model = build_model(config, task)
-    base_path = base_path_from_args(args.get("bert_base_path"), args.get("bert_load_args"))
-    base = (read_base(base_path), base_path) if base_path else None  # under a *_tunable checkpoint, as in its run
+    base = base_weights(base_path_from_args(args.get("bert_base_path"), args.get("bert_load_args")))
     load_weights(model, "state_full_model", checkpoint_path, base)
     exported = as_transformers(model, task, labels)
     tokenizer = as_trained(model_source.tokenizer(args.get("do_lower_case")), config, args.get("max_seq_length"))
@@ -71,6 +69,7 @@ def export(source, out, restarts=(), metric=None, replace=False):
     os.makedirs(parent, exist_ok=True)
     earlier = None
     building = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out))}.")
+    os.chmod(building, 0o777 & ~UMASK)  # mkdtemp makes it private; the export is for others too
     try:
         exported.save_pretrained(building, safe_serialization=True)
         tokenizer.save_pretrained(building)
@@ -80,11 +79,14 @@ def export(source, out, restarts=(), metric=None, replace=False):
             earlier = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(out))}.old.")
             os.rename(out, os.path.join(earlier, "export"))
         os.rename(building, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(building, ignore_errors=True)
         if earlier and not os.path.exists(out):  # put the earlier export back
             os.rename(os.path.join(earlier, "export"), out)
             os.rmdir(earlier)
+        worded = cannot_write(out, e) if isinstance(e, OSError) else None  # a full disk, no permission
+        if worded:
+            raise worded from None
         raise
     if earlier:
         shutil.rmtree(earlier, ignore_errors=True)
@@ -111,11 +113,11 @@ def export_study(output_dir, summary, report=print):
 def locate(source):
     """(the checkpoint file, the run folder holding its records or None) for a run folder or a file."""
     if os.path.isdir(source):
-        found = [os.path.join(source, name) for name in CHECKPOINTS if os.path.isfile(os.path.join(source, name))]
-        if not found:
-            raise StiltsError(f"{source}: no {' or '.join(CHECKPOINTS)} in this run folder (a run saves it with "
-                              f"--do_save)")
-        return found[0], source
+        path = saved_checkpoint(source)
+        if path is None:
+            raise StiltsError(f"{source}: no all_state.p or all_state.safetensors in this run folder (a run saves "
+                              f"it with --do_save)")
+        return path, source
     if not os.path.isfile(source):
         raise StiltsError(f"{source}: no such run folder or checkpoint file")
     folder = os.path.dirname(os.path.abspath(source))

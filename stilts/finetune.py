@@ -20,7 +20,7 @@ from stilts.checkpoints import HEAD_KEEPING_MODES, load_weights
 from stilts.errors import StiltsError
 from stilts.features import load_features
 from stilts.io import write_csv, write_json, write_logits_csv
-from stilts.modeling import ModelSource, build_model, print_trainable_params, read_base, warn_if_fp16_overflows
+from stilts.modeling import ModelSource, base_weights, build_model, print_trainable_params, warn_if_fp16_overflows
 from stilts.settings import TrainSettings, base_path_from_args, checkpoint_name, features_cache_dir
 from stilts.trainer import Trainer
 
@@ -56,8 +56,7 @@ def run(args, ctx, task, split_files, started=None):
         warn_if_fp16_overflows(config, args.fp16)
     model = build_model(config, task)
     pretrained = source.pretrained_encoder_state() if args.bert_load_mode == "from_pretrained" else None
-    base_path = base_path_from_args(args.bert_base_path, args.bert_load_args)
-    base = (read_base(base_path), base_path) if base_path else None
+    base = base_weights(base_path_from_args(args.bert_base_path, args.bert_load_args))
     checkpoint = load_weights(model, args.bert_load_mode, args.bert_load_path, base, pretrained)
     if args.bert_load_mode in HEAD_KEEPING_MODES:
         check_recorded_labels(task, checkpoint, args.bert_load_path)

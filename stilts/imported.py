@@ -29,6 +29,7 @@ def parse(spec):
     if not source:
         raise StiltsError(f"{spec}: give the model after '=': an all_state.p, a state dict file, a model folder "
                           f"or a hub id")
+    source = os.path.expanduser(source)
     return name, os.path.abspath(source) if os.path.exists(source) else source
 
 
@@ -56,6 +57,16 @@ def read_encoder(spec, flag):
     return ModelSource(spec, flag=flag).pretrained_encoder_state()  # a model folder, or a hub id
 
 
+def check_not_imported(study, name):
+    """A study that imported its intermediate `name` may not train a stage A of that name over it: its
+    finished target runs started from the imported encoder."""
+    args_path = os.path.join(folder(study, name), "args.json")
+    earlier = read_json(args_path, dict).get("imported_from") if os.path.isfile(args_path) else None
+    if earlier is not None:
+        raise StiltsError(f"{folder(study, name)}: this study took its intermediate {name} as it is, from {earlier}; "
+                          f"to train it, use a new --output_dir (or give --intermediate {name}={earlier} again)")
+
+
 def folder(study, name):
     return os.path.join(study.output_dir, f"intermediate_{name}")
 
@@ -70,16 +81,23 @@ def bring_in(study, name, source, task, checkpoint_path, report=print):
 
     where = folder(study, name)
     args_path = os.path.join(where, "args.json")
-    if os.path.isfile(args_path) and os.path.isfile(checkpoint_path):
+    if os.path.isfile(args_path):
         earlier = read_json(args_path, dict).get("imported_from")
-        if earlier == source:
+        if earlier is None:
+            raise StiltsError(f"{where}: this study trained its intermediate {name} (stage A); to take {source} "
+                              f"as it is, use a new --output_dir or another name (NAME=MODEL)")
+        if earlier == source and os.path.isfile(checkpoint_path):
             return
-        raise StiltsError(f"{where}: this study's intermediate {name} came from {earlier}, not {source}; use a new "
-                          f"--output_dir, or delete that folder to start over")
+        if earlier != source:
+            raise StiltsError(f"{where}: this study's intermediate {name} came from {earlier}, not {source}; use a "
+                              f"new --output_dir, or delete that folder to start over")
     model = build_model(ModelSource(study.bert_model, study.shared.bert_config_json_path).config(), task)
     load_into(model, read_encoder(source, f"--intermediate {name}="), source, keep_head=False)
     os.makedirs(where, exist_ok=True)
     args = {"task_name": name, "imported_from": source, "bert_model": study.bert_model}  # the model card reads it
-    save_checkpoint(checkpoint_path, make_checkpoint(model, "model_all", args))
+    checkpoint = make_checkpoint(model, "model_all", args)
+    # Adapters (--adapters): the encoder alone; each target run starts its own, seeded adapters.
+    checkpoint["model"] = {k: v for k, v in checkpoint["model"].items() if ".adapter." not in k}
+    save_checkpoint(checkpoint_path, checkpoint)
     write_json(args_path, args)  # last: a folder with both files is a finished import
     report(f"stilts-run: intermediate {name}: the encoder of {source} (no stage A), in {checkpoint_path}")

@@ -14,8 +14,8 @@ import numpy as np
 
 from stilts.errors import StiltsError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)  # the process's umask, read once: what new files' and folders' permissions follow
+os.umask(UMASK)
 
 
 # Why a write can fail for reasons the user can fix, worded for the one-line error.
@@ -83,7 +83,7 @@ def atomic_write(path, mode="w"):
         fd, tmp_path = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     except OSError as e:
         raise (cannot_write(path, e) or e) from None
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+    os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600 files; give the usual permissions
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -334,6 +334,12 @@ class ModelSource:
                               f"({type(e).__name__}); pass a local model folder as {self.flag}{hint}") from None
 
 
+def base_weights(path):
+    """(state dict, path) of the base weights under a *_tunable or adapter checkpoint, as load_weights
+    takes them, or None without a base."""
+    return (read_base(path), path) if path else None
+
+
 def read_base(path):
     """Base BERT weights: a state dict file (the seed used the pretrained pytorch_model.bin; also
     .p/.pt/.safetensors) or a model folder such as the one given as --bert_model."""

@@ -186,6 +186,12 @@ def checkpoint_name(stem, checkpoint_format):
     return stem + (".safetensors" if checkpoint_format == "safetensors" else ".p")
 
 
+def saved_checkpoint(folder):
+    """The all_state.p or all_state.safetensors a run saved in `folder` (--do_save), or None."""
+    found = [os.path.join(folder, checkpoint_name("all_state", fmt)) for fmt in ("p", "safetensors")]
+    return next((path for path in found if os.path.isfile(path)), None)
+
+
 def flag_names(name):
     """The spellings of a setting's flag on the command line."""
     return {f"--{name}", f"--{name.replace('_', '-')}"}

@@ -35,8 +35,9 @@ OWNED_FLAGS = set().union(*map(flag_names, ("task_name", "data_dir", "output_dir
 STAGE_A_SAVE = ["--do_save", "--bert_save_mode", "model_all"]
 # With adapters it holds only what trained (adapters, LayerNorms, head); stage B adds the base weights.
 STAGE_A_SAVE_ADAPTERS = ["--do_save", "--bert_save_mode", "model_tunable"]
-# Its periodic checkpoints (--train_save_every) keep the training state, so that it resumes when pre-empted.
-STAGE_A_PERIODIC = {False: ["--train_save_mode", "all"], True: ["--train_save_mode", "tunable"]}  # by adapters
+# Its periodic checkpoints (--train_save_every) keep the training state, so that it resumes when pre-empted;
+# the whole model, adapters or not (stage A's flags name no base weights that a `tunable` resume would need).
+STAGE_A_PERIODIC = ["--train_save_mode", "all"]
 ADAPTER_CONFIGS = {name: resources.data_path("configs", f"{name}-adapter.json")
                    for name in ("bert-base-uncased", "bert-large-uncased")}
 # What a study writes beside its tasks' folders (compared case-blind, for case-blind file systems); a
@@ -281,7 +282,7 @@ class Study:
             settings = TrainSettings.of(train_parser().parse_args(argv))
             resumable = settings.train_save_every is not None
             if resumable:
-                argv = merged_flags(argv, STAGE_A_PERIODIC[self.adapters])
+                argv = merged_flags(argv, STAGE_A_PERIODIC)
             checkpoints[name] = os.path.join(folder, checkpoint_name("all_state", settings.checkpoint_format))
             stage_a[name] = Run(f"stage A: {name}", folder, argv,
                                 outputs=(os.path.basename(checkpoints[name]), "val_metrics.json"), task=name,
@@ -295,7 +296,9 @@ class Study:
             if test:
                 outputs += [split.key + "_preds.csv" for split in
                             run_splits(task, self.data_dir(target), self.shared.mnli_mm_data_dir, test=True)]
-            save = [] if self.shared.do_save or not self.export else ["--do_save"]  # what --export reads
+            save = [] if self.shared.do_save or not self.export else [  # what --export reads: the model alone
+                "--do_save", "--bert_save_mode", "model_all", "--train_save_mode",
+                TrainSettings.of(self.shared).periodic_save_mode]
             if self.shared.do_save or self.export:
                 outputs.append(checkpoint_name("all_state", self.shared.checkpoint_format))
             for seed in self.seeds:
@@ -318,7 +321,11 @@ class Study:
         return os.path.join(imported.folder(self, name), checkpoint_name("all_state", self.shared.checkpoint_format))
 
     def import_intermediates(self, report=print):
-        """Write the checkpoint of each intermediate taken as it is (stilts.imported), before any run."""
+        """Write the checkpoint of each intermediate taken as it is (stilts.imported), before any run;
+        an intermediate this study imported before may not be trained now in its place."""
+        for name in self.intermediates:
+            if name not in self.given:
+                imported.check_not_imported(self, name)
         for name, source in self.given.items():
             imported.bring_in(self, name, source, self.tasks[self.targets[0]], self.imported_checkpoint(name), report)
 

@@ -137,9 +137,9 @@ def export_best(study, summary):
     """Copy the test predictions of each target's best dev run (any arm) into
     OUT/submission_input/<target>/, the layout the submission export reads."""
     for target, entry in summary["targets"].items():
-        if best_run(entry) is None:
+        best = (best_run(entry) or (None, None))[1]
+        if best is None:
             continue
-        best = best_run(entry)[1]
         source = os.path.join(study.output_dir, best["dir"])
         names = sorted(n for n in os.listdir(source) if n.endswith(("test_preds.csv", "test_predictions.csv"))
                        and os.path.isfile(os.path.join(source, n)))  # the task's and its companions'

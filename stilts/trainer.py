@@ -202,7 +202,8 @@ class Trainer:
     def save(self, path, save_mode, position=None):
         """Write a checkpoint atomically (main process only; every process calls it); at a `position`
         of training, with the training state that resumes from there when the mode keeps it."""
-        state = None if position is None else train_state(position, self.settings.seed, self.history, self.ctx)
+        keeps_state = position is not None and save_mode in ("all", "tunable")
+        state = train_state(position, self.settings.seed, self.history, self.ctx) if keeps_state else None
         if self.ctx.is_main:
             checkpoint = make_checkpoint(self.model, save_mode, self.run_args, self.optimizer,
                                          self.scheduler, self.scaler, state)

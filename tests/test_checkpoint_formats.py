@@ -65,6 +65,18 @@ def test_load_modes_read_safetensors_checkpoints(runs, tiny_bert_dir, tmp_path, 
     assert p == s
 
 
+def test_a_safetensors_run_exports_to_transformers(runs, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from stilts.cli.export import main as export_main
+
+    _, safe = runs
+    export_main([str(safe), "--out", str(tmp_path / "export")])
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export")
+    trained = read_weights(str(safe / "all_state.safetensors"))["model"]
+    assert torch.equal(model.classifier.weight, trained["classifier.weight"])
+
+
 def test_a_damaged_safetensors_checkpoint_is_one_line(runs, tiny_bert_dir, tmp_path, capsys):
     from safetensors.torch import save_file
 

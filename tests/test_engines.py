@@ -204,7 +204,7 @@ def test_a_requeued_run_continues_from_its_checkpoint_in_the_requeued_job(slurm,
     assert values(out) == pytest.approx(values(long_reference), abs=1e-4)
     log = (victim / attempt.LOG_NAME).read_text()
     said = {"requeue": "# stilts-run: the job is being ended (SIGTERM",
-            "time limit": "# stilts-run: the job is being requeued (its time limit is near)"}[ending]
+            "time limit": "# stilts-run: the job is being requeued (its time limit is near, or it is pre-empted)"}[ending]
     assert said in log and log.count("# stilts-run, try 1:") == 2 and "try 2" not in log, log
     resumed = [line for line in log.splitlines() if line.startswith("# stilts-run, try 1:")][-1]
     assert "--bert_load_mode state_all --bert_load_path" in resumed and "all_state___epoch" in resumed, log

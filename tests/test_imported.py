@@ -61,6 +61,11 @@ def test_an_intermediate_model_gives_the_scores_of_its_stage_a(trained, tiny_ber
     assert "every run finished before" in capsys.readouterr().out
     err = refused_by(capsys, main, argv_with(out, tiny_bert_dir, f"mnli={folder}"))
     assert f"this study's intermediate mnli came from {plain}, not {folder}" in err
+    # A study keeps what its intermediate was: imported, or trained by its stage A.
+    err = refused_by(capsys, main, argv_with(out, tiny_bert_dir, "mnli"))
+    assert f"this study took its intermediate mnli as it is, from {plain}" in err
+    err = refused_by(capsys, main, argv_with(trained, tiny_bert_dir, f"mnli={plain}"))
+    assert "this study trained its intermediate mnli (stage A)" in err
 
 
 def test_an_intermediate_model_that_does_not_fit_is_refused_before_any_run(tiny_bert_dir, tmp_path, capsys):

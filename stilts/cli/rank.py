@@ -17,6 +17,7 @@ from stilts.cli import report_errors
 from stilts.errors import StiltsError
 from stilts.flags import ArgumentParser
 from stilts.io import check_writable_file, json_type, read_json, write_json
+from stilts.settings import saved_checkpoint
 from stilts.tasks import get_task, resolve_data_dir
 
 # What each method measures, and how it did against the measured MiniLM grid of docs/selection.md
@@ -146,10 +147,9 @@ def stage_a_checkpoints(args):
     paths, unscored = {}, {}
     for task in args.candidates:
         folder = os.path.join(args.study, f"intermediate_{task.name}")
-        found = [os.path.join(folder, name) for name in ("all_state.p", "all_state.safetensors")
-                 if os.path.isfile(os.path.join(folder, name))]  # --checkpoint_format p / safetensors
-        if found:
-            paths[task.name] = found[0]
+        path = saved_checkpoint(folder)  # all_state.p or all_state.safetensors (--checkpoint_format)
+        if path:
+            paths[task.name] = path
         else:
             unscored[task.name] = f"no stage A checkpoint {os.path.join(folder, 'all_state.p')}"
     if not paths:
