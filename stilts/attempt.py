@@ -113,12 +113,20 @@ def attempt(run, attempts, env=None, stop=None):
         if attempts.preemptible and code == -signal.SIGTERM:
             wait_for_requeue(run)
         error = _last_error(run) or (f"exit status {code}" if code else "ended without writing its outputs")
-        if attempts.preemptible and code == BAD_INPUT and run_folder.IN_USE in error:  # an older job took it
-            wait_while_held(run)
+        if attempts.preemptible and code == BAD_INPUT and (run_folder.IN_USE in error or
+                                                           written_meanwhile(run, command)):
+            wait_while_held(run)  # an older job of this run took its folder first: look again once it let go
             return attempt(run, attempts, env, stop)
         if code == BAD_INPUT or (stop is not None and stop.is_set()):  # bad input fails again; or stopped
             return Outcome("failed", time.monotonic() - started, number, error)
     return Outcome("failed", time.monotonic() - started, attempts.max_retries + 1, error)
+
+
+def written_meanwhile(run, command):
+    """Whether another process wrote into the run's folder after `command` was made for it (a try
+    refused for bad input writes nothing): on a cluster, the job of a killed stilts-run, which may
+    even have finished the run."""
+    return "--force-overwrite" not in command and bool(run_folder.user_files(run.folder))
 
 
 def wait_while_held(run, poll_seconds=5):

@@ -1,4 +1,5 @@
 """One run carried to its end (stilts.attempt): what a try does with a folder another job holds."""
+import os
 import threading
 import time
 
@@ -36,3 +37,34 @@ def test_a_free_folder_is_not_waited_for(tmp_path):
     run = Run("r", str(tmp_path / "run"), [], ("val_metrics.json",))
     attempt.wait_while_held(run)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_an_older_job_wrote_into_meanwhile_is_looked_at_again(tmp_path, monkeypatch):
+    """On a cluster, the job of a killed stilts-run may start writing into a run's folder (and even
+    finish the run) after a new job looked at it and before its try: that try's refusal ("not empty")
+    is no bad input of the user's. The new job looks again: a finished run is skipped, else it goes on
+    over the older job's files."""
+    for older_job_finishes in (False, True):
+        run = Run("r", str(tmp_path / f"run{older_job_finishes}"), [], ("val_metrics.json",))
+        commands = []
+
+        def fake_run(command, log, env, stop=None):
+            commands.append(command)
+            if len(commands) == 1:  # meanwhile, the older job wrote (or finished) the run
+                os.makedirs(run.folder, exist_ok=True)
+                name = "val_metrics.json" if older_job_finishes else "args.json"
+                with open(os.path.join(run.folder, name), "w") as f:
+                    f.write("{}")
+                log.write("train.py: error: output folder exists and is not empty\n")
+                log.flush()
+                return attempt.BAD_INPUT
+            with open(os.path.join(run.folder, "val_metrics.json"), "w") as f:
+                f.write("{}")
+            return 0
+
+        monkeypatch.setattr(attempt, "_run", fake_run)
+        monkeypatch.setattr(Run, "finished", lambda self: os.path.isfile(os.path.join(self.folder, "val_metrics.json")))
+        outcome = attempt.attempt(run, attempt.Attempts(preemptible=True))
+        assert outcome.status == ("skipped" if older_job_finishes else "finished"), outcome
+        assert len(commands) == (1 if older_job_finishes else 2)
+        assert "--force-overwrite" not in commands[0] and (older_job_finishes or "--force-overwrite" in commands[1])
