@@ -334,7 +334,7 @@ def make_checkpoint(model, save_mode, args, optimizer=None, scheduler=None, scal
         state = {k: v for k, v in state.items() if k in trainable}
     checkpoint = {"args": args, "model": {k: v.detach().cpu() if torch.is_tensor(v) else v
                                                 for k, v in state.items()}}
-    if save_mode in ("all", "tunable") and optimizer is not None:
+    if save_mode in ("all", "tunable") and optimizer is not None:  # settings.STATE_SAVE_MODES
         checkpoint["optimizer"] = optimizer.state_dict()
         if scheduler is not None:
             checkpoint["scheduler"] = scheduler.state_dict()

@@ -57,11 +57,18 @@ def read_encoder(spec, flag):
     return ModelSource(spec, flag=flag).pretrained_encoder_state()  # a model folder, or a hub id
 
 
+def imported_from(study, name):
+    """The model the study's intermediate `name` was taken from (its folder's args.json), or None: not
+    imported, or not run yet."""
+    args_path = os.path.join(folder(study, name), "args.json")
+    source = read_json(args_path, dict).get("imported_from") if os.path.isfile(args_path) else None
+    return source if isinstance(source, str) else None
+
+
 def check_not_imported(study, name):
     """A study that imported its intermediate `name` may not train a stage A of that name over it: its
     finished target runs started from the imported encoder."""
-    args_path = os.path.join(folder(study, name), "args.json")
-    earlier = read_json(args_path, dict).get("imported_from") if os.path.isfile(args_path) else None
+    earlier = imported_from(study, name)
     if earlier is not None:
         raise StiltsError(f"{folder(study, name)}: this study took its intermediate {name} as it is, from {earlier}; "
                           f"to train it, use a new --output_dir (or give --intermediate {name}={earlier} again)")
@@ -82,7 +89,7 @@ def bring_in(study, name, source, task, checkpoint_path, report=print):
     where = folder(study, name)
     args_path = os.path.join(where, "args.json")
     if os.path.isfile(args_path):
-        earlier = read_json(args_path, dict).get("imported_from")
+        earlier = imported_from(study, name)
         if earlier is None:
             raise StiltsError(f"{where}: this study trained its intermediate {name} (stage A); to take {source} "
                               f"as it is, use a new --output_dir or another name (NAME=MODEL)")

@@ -18,6 +18,7 @@ from stilts.tasks import TASKS
 LOAD_MODES = ("from_pretrained", "model_only", "state_model_only", "full_model_only",
               "state_full_model", "state_all", "state_adapter")
 SAVE_MODES = ("all", "tunable", "model_all", "model_tunable")
+STATE_SAVE_MODES = ("all", "tunable")  # they keep the optimizer and the position: a run resumes from them
 
 
 def setting(help, default=dataclasses.MISSING, **flag):
@@ -126,7 +127,7 @@ class TrainSettings:
     @property
     def resumable(self):
         """Whether the periodic checkpoints keep the training state, and so can resume the run."""
-        return bool(self.train_save_every) and self.periodic_save_mode in ("all", "tunable")
+        return bool(self.train_save_every) and self.periodic_save_mode in STATE_SAVE_MODES
 
     @property
     def group_by_length(self):

@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 
+from stilts import imported
 from stilts.errors import StiltsError
 from stilts.gains import excludes_zero, paired_gain
 from stilts.io import atomic_write, read_json
@@ -66,20 +67,13 @@ def summarize(study, arms, runs, baselines):
                     entry[arm.key]["gain"] = paired_gain({r["seed"]: r["value"] for r in entry[arm.key]["runs"]},
                                                          baseline)
         summary["targets"][target] = entry
-    taken = {name: source for name in intermediates if (source := imported_from(study, name))}
+    taken = {name: source for name in intermediates if (source := imported.imported_from(study, name))}
     if taken:  # intermediates taken as they are (--intermediate NAME=MODEL): where each came from
         summary["intermediates_from"] = taken
     samples = {name: sample for name in intermediates if (sample := stage_a_dev_sample(study, name))}
     if samples:  # --intermediate_dev_examples: those dev scores are a sample's
         summary["intermediate_dev_sample"] = samples
     return summary
-
-
-def imported_from(study, intermediate):
-    """The model an intermediate was taken from as it is (its folder's args.json says), else None."""
-    path = os.path.join(study.output_dir, f"intermediate_{intermediate}", "args.json")
-    source = read_json(path, dict).get("imported_from") if os.path.isfile(path) else None
-    return source if isinstance(source, str) else None
 
 
 def stage_a_dev_sample(study, intermediate):
@@ -137,9 +131,10 @@ def export_best(study, summary):
     """Copy the test predictions of each target's best dev run (any arm) into
     OUT/submission_input/<target>/, the layout the submission export reads."""
     for target, entry in summary["targets"].items():
-        best = (best_run(entry) or (None, None))[1]
-        if best is None:
+        found = best_run(entry)
+        if found is None:
             continue
+        best = found[1]
         source = os.path.join(study.output_dir, best["dir"])
         names = sorted(n for n in os.listdir(source) if n.endswith(("test_preds.csv", "test_predictions.csv"))
                        and os.path.isfile(os.path.join(source, n)))  # the task's and its companions'

@@ -30,7 +30,7 @@ from stilts.errors import NonFiniteTraining
 from stilts.features import DeviceFeatures
 from stilts.metrics import compute_metrics
 from stilts.modeling import loss_fn, unwrap
-from stilts.settings import checkpoint_name
+from stilts.settings import STATE_SAVE_MODES, checkpoint_name
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Trainer:
     def save(self, path, save_mode, position=None):
         """Write a checkpoint atomically (main process only; every process calls it); at a `position`
         of training, with the training state that resumes from there when the mode keeps it."""
-        keeps_state = position is not None and save_mode in ("all", "tunable")
+        keeps_state = position is not None and save_mode in STATE_SAVE_MODES
         state = train_state(position, self.settings.seed, self.history, self.ctx) if keeps_state else None
         if self.ctx.is_main:
             checkpoint = make_checkpoint(self.model, save_mode, self.run_args, self.optimizer,
